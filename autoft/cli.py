@@ -1,0 +1,239 @@
+"""The ``autoft`` command line. Heavy libraries load inside commands, so help is instant."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from autoft.errors import InputError
+
+app = typer.Typer(
+    help="AutoML for fine-tuning pretrained transformers: Ray Tune trials, Optuna samplers, "
+    "early pruning, every trial and the best checkpoint in MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+ConfigArg = Annotated[
+    Path | None,
+    typer.Argument(help="Experiment config YAML. Omitted: the embedded defaults (bundled MiniLM, SMS spam data)."),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override any config key, e.g. --set train.epochs=2 (repeatable)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object with the results as the last stdout line.")]
+
+
+def _err(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _fail(exc: InputError) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*experimental.*")
+    for name in ("mlflow", "alembic", "ray", "ray.tune", "optuna", "filelock"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _load(config: Path | None, sets: list[str] | None, extra: list[str] | None = None) -> Any:
+    from autoft.config import load_config
+
+    return load_config(config, list(sets or []) + list(extra or []))
+
+
+@app.command()
+def train(
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for epoch checkpoints.")] = Path("autoft-train"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in --output.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run ONE fine-tuning trial with the config's fixed params (no search), printing each epoch."""
+    _quiet_libraries()
+    try:
+        cfg = _load(config, set_)
+        from autoft.controller import plan_search, tokenize_for
+
+        plan = plan_search(cfg)
+    except InputError as exc:
+        _fail(exc)
+    from autoft import checkpoint as ckpt
+    from autoft.trial import PrintReporter, RunOptions, run_trial
+
+    _err(f"training {plan.model_path.name} on {len(plan.text.train.texts)} examples, "
+         f"{len(plan.text.validation.texts)} for validation; labels {plan.text.label_names}")
+    data = tokenize_for(plan)
+    resume_from = ckpt.latest_complete(output) if resume else None
+    if resume and resume_from is None:
+        _err(f"no complete checkpoint in {output}; starting from scratch")
+    options = RunOptions(device=cfg.train.device, precision=cfg.train.precision,
+                         eval_batch_size=cfg.train.eval_batch_size, threads=cfg.train.threads,
+                         checkpoint_dir=output.resolve(), keep_checkpoints=cfg.search.keep_checkpoints,
+                         trust_remote_code=cfg.model.trust_remote_code, metric=cfg.search.metric,
+                         mode=cfg.search.mode)
+    result = run_trial(plan.base_recipe, data, plan.model_path, PrintReporter(_err), options, resume_from)
+    majority = float(max(_label_counts(data.validation.labels)) / len(data.validation))
+    out = {"status": result.status, "reason": result.reason, "best": result.best,
+           "final": result.history[-1] if result.history else None,
+           "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
+           "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
+           "majority_baseline_accuracy": majority, "recipe": plan.base_recipe.to_dict()}
+    if result.status != "completed":
+        _err(f"stopped: {result.reason}")
+    elif result.best:
+        _err(f"best {cfg.search.metric} {result.best[cfg.search.metric]:.4f} at epoch {result.best['epoch']}; "
+             f"checkpoint {result.best_checkpoint}")
+    if json_out:
+        typer.echo(json.dumps(out, default=str))
+    if result.status != "completed":
+        raise typer.Exit(1)
+
+
+def _label_counts(labels: Any) -> list[int]:
+    import numpy as np
+
+    return np.bincount(labels).tolist()
+
+
+@app.command()
+def search(
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+    trials: Annotated[int | None, typer.Option("--trials", "-n", help="Number of trials (search.num_trials).")] = None,
+    max_concurrent: Annotated[int | None, typer.Option("--max-concurrent", help="Trials at once (search.max_concurrent).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Search name: MLflow experiment (name).")] = None,
+    storage: Annotated[str | None, typer.Option("--storage", help="Folder for checkpoints, Ray state, default MLflow/Optuna stores.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (tracking.uri).")] = None,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address; default RAY_ADDRESS or a local Ray.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run a hyperparameter search: Ray Tune trials, an Optuna sampler, ASHA pruning, MLflow runs."""
+    _quiet_libraries()
+    extra = [f"{k}={v}" for k, v in (("search.num_trials", trials), ("search.max_concurrent", max_concurrent),
+                                       ("name", name), ("storage", storage), ("tracking.uri", tracking_uri),
+                                       ("address", address)) if v is not None]
+    try:
+        cfg = _load(config, set_, extra)
+        from autoft.controller import plan_search
+
+        plan = plan_search(cfg)
+    except InputError as exc:
+        _fail(exc)
+    from autoft.controller import run_search
+    from autoft.leaderboard import print_leaderboard
+
+    try:
+        result = run_search(cfg, echo=_err, plan=plan)
+    except KeyboardInterrupt:
+        _err("interrupted: open trial runs were closed as KILLED")
+        raise typer.Exit(130) from None
+    print_leaderboard(result.trials, result.metric, cfg.search.mode, to_stderr=True)
+    _err(f"best {result.metric}: {result.best_value}  (trials {result.n_trials}: {result.n_completed} completed, "
+         f"{result.n_pruned} pruned, {result.n_failed} failed; {result.wall_seconds:.0f}s)")
+    if result.test_metrics:
+        _err("test split, best checkpoint: " + ", ".join(f"{k.replace('eval_', 'test_')} {v:.4f}"
+                                                        for k, v in result.test_metrics.items()))
+    _err(f"best checkpoint: {result.best_checkpoint}")
+    _err(f"MLflow: {result.tracking_uri}  experiment {result.mlflow_experiment_id}, run {result.mlflow_run_id}")
+    if result.tracking_uri.startswith("sqlite:"):
+        _err(f"  view: mlflow ui --backend-store-uri {result.tracking_uri}   (or: autoft ui)")
+    if json_out:
+        typer.echo(json.dumps(result.to_dict(), default=str))
+
+
+@app.command()
+def validate(config: ConfigArg = None, set_: SetOpt = None) -> None:
+    """Check a config, its search space, dataset and model path without running anything."""
+    _quiet_libraries()
+    try:
+        cfg = _load(config, set_)
+        from autoft.controller import plan_search
+
+        plan = plan_search(cfg)
+    except InputError as exc:
+        _fail(exc)
+    typer.echo(f"ok: model {plan.model_path} ({plan.num_layers} blocks), space '{plan.space.name}' "
+               f"({len(plan.space.params)} params), {len(plan.text.train.texts)} train / "
+               f"{len(plan.text.validation.texts)} validation examples, labels {plan.text.label_names}")
+
+
+@app.command()
+def spaces() -> None:
+    """List the shipped search spaces (search_spaces/*.yaml), one line each."""
+    from autoft.space import load_space, shipped_spaces
+
+    for name in shipped_spaces():
+        s = load_space(name)
+        typer.echo(f"{name:<22} {len(s.params):>2} params  {s.description}")
+
+
+@app.command()
+def runs(
+    name: Annotated[str | None, typer.Argument(help="Search name (MLflow experiment) or search id. Omitted: list searches.")] = None,
+    storage: Annotated[str, typer.Option("--storage", help="Storage folder holding the default mlflow.db.")] = "autoft-runs",
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
+) -> None:
+    """Print the leaderboard of a search from MLflow (works after the search has ended)."""
+    _quiet_libraries()
+    from autoft.leaderboard import leaderboard_from_mlflow, list_searches, print_leaderboard
+    from autoft.tracking import default_tracking_uri
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(Path(storage))
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        _fail(InputError("--storage", f"no MLflow store at {uri}", "run a search first or pass --tracking-uri"))
+    try:
+        if name is None:
+            list_searches(uri)
+            return
+        df, metric, mode = leaderboard_from_mlflow(uri, name)
+    except InputError as exc:
+        _fail(exc)
+    print_leaderboard(df, metric, mode)
+
+
+@app.command()
+def ui(
+    storage: Annotated[str, typer.Option("--storage", help="Storage folder holding mlflow.db.")] = "autoft-runs",
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 5000,
+    host: Annotated[str, typer.Option("--host", help="Bind address; keep 127.0.0.1 unless you mean to share it.")] = "127.0.0.1",
+) -> None:
+    """Start the MLflow UI for the default store on 127.0.0.1 and print its address."""
+    import subprocess
+
+    from autoft.tracking import default_tracking_uri
+
+    uri = default_tracking_uri(Path(storage))
+    artifacts = (Path(storage) / "mlartifacts").resolve()
+    typer.echo(f"MLflow UI for {uri}: http://{host}:{port}  (Ctrl-C to stop)")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
+           "--port", str(port), "--artifacts-destination", str(artifacts)]
+    try:
+        raise typer.Exit(subprocess.call(cmd))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

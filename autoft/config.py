@@ -1,0 +1,251 @@
+"""The experiment config: one validated object split by concern.
+
+Loaded from YAML (strict ``safe_load``), then ``--set dotted.key=value``
+overrides, then checked by pydantic. Any problem becomes one
+:class:`~autoft.errors.InputError` line naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from autoft.errors import InputError, unknown_key_fix
+from autoft.recipe import Recipe
+from autoft.yamlio import load_yaml_file, parse_scalar
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    path: str = Field("minilm", description="local Hugging Face checkpoint folder, or a short name (minilm)")
+    trust_remote_code: bool = Field(False, description="run code shipped with the model (off: safe default)")
+
+
+class DataConfig(_Section):
+    name: str | None = Field("sms_spam", description="built-in dataset used when data.train is not given")
+    train: str | None = Field(None, description="CSV/TSV/JSONL/Parquet file, saved HF dataset folder, or hf:NAME")
+    validation: str | None = Field(None, description="validation split; held out from train when absent")
+    test: str | None = Field(None, description="optional test split, scored once for the best trial")
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    max_train_samples: int | None = Field(None, ge=1)
+    max_eval_samples: int | None = Field(None, ge=1)
+    validation_fraction: float = Field(0.1, gt=0, lt=1, description="held-out share when no validation split")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(3, ge=1, le=1000)
+    batch_size: int = Field(32, ge=1, le=65536)
+    eval_batch_size: int = Field(128, ge=1, le=65536)
+    max_length: int = Field(128, ge=8, le=65536)
+    seed: int = Field(42, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on a GPU that supports it, fp32 on CPU"
+    )
+    cache_frozen: bool = Field(True, description="cache outputs of blocks frozen for the whole trial")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads per trial (default: cpus_per_trial)")
+
+
+class SearchConfig(_Section):
+    num_trials: int = Field(8, ge=1, le=100000)
+    max_concurrent: int = Field(2, ge=1, le=10000)
+    time_budget_s: float | None = Field(None, gt=0)
+    metric: str = Field("eval_f1", description="eval_f1 (macro), eval_accuracy or eval_loss")
+    mode: Literal["max", "min"] = "max"
+    sampler: Literal["tpe", "random", "cmaes", "gp", "qmc"] = "tpe"
+    seed: int = Field(0, ge=0)
+    warm_start: bool = Field(True, description="enqueue known-good recipes as the first trials")
+    trial_timeout_s: float | None = Field(None, gt=0)
+    max_failures: int = Field(0, ge=0, le=100)
+    keep_checkpoints: int = Field(1, ge=1, le=1000, description="checkpoints kept per trial")
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        allowed = ("eval_f1", "eval_accuracy", "eval_loss")
+        if v not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return v
+
+
+class PruningConfig(_Section):
+    scheduler: Literal["asha", "hyperband", "median", "none"] = "asha"
+    grace_period: int = Field(1, ge=1, description="epochs every trial runs before it can be stopped")
+    reduction_factor: float = Field(2, gt=1)
+
+
+class ResourcesConfig(_Section):
+    cpus_per_trial: float = Field(1, gt=0)
+    gpus_per_trial: float = Field(0, ge=0, description="fractions let small trials share one GPU")
+
+
+class TrackingConfig(_Section):
+    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<storage>/mlflow.db")
+    experiment: str | None = Field(None, description="MLflow experiment; default the search name")
+    log_best_model: bool = True
+
+
+class ExperimentConfig(_Section):
+    name: str = Field("autoft", description="search name: MLflow experiment and storage folder prefix")
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    params: dict[str, Any] = Field(default_factory=dict, description="fixed hyperparameters (recipe knobs)")
+    space: str | dict[str, Any] | None = Field("quickstart", description="search space: shipped name, path, or inline")
+    search: SearchConfig = SearchConfig()
+    pruning: PruningConfig = PruningConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    storage: str = Field("autoft-runs", description="folder for trial checkpoints, Ray state and the default MLflow store")
+    address: str | None = Field(None, description="Ray cluster address; default RAY_ADDRESS or a local Ray")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("use letters, digits, '.', '_' or '-' (max 100, no spaces or slashes)")
+        return v
+
+    @model_validator(mode="after")
+    def _params(self) -> ExperimentConfig:
+        self.base_recipe()  # raises InputError naming params.<key>
+        return self
+
+    def base_recipe(self, overrides: dict[str, Any] | None = None) -> Recipe:
+        values: dict[str, Any] = {
+            "epochs": self.train.epochs,
+            "batch_size": self.train.batch_size,
+            "seed": self.train.seed,
+        }
+        values.update(self.params)
+        values.update(overrides or {})
+        return Recipe.from_dict(values)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        if "=" not in item:
+            raise InputError("--set", f"'{item}' is not KEY=VALUE", "write e.g. --set train.epochs=2")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        if not all(parts):
+            raise InputError("--set", f"bad key '{key}'", "use dotted keys such as train.epochs")
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = {}
+                node[part] = child
+            if not isinstance(child, dict):
+                raise InputError(".".join(parts[: i + 1]), "is a value, not a section",
+                                 f"set '{'.'.join(parts[: i + 1])}' directly")
+            node = child
+        node[parts[-1]] = parse_scalar(value)
+    return raw
+
+
+def _field_of(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc if not str(p).startswith("function-")) or "config"
+
+
+def _section_model(path: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = ExperimentConfig
+    for part in path:
+        if model is None:
+            return None
+        f = model.model_fields.get(str(part))
+        if f is None:
+            return None
+        ann = f.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return model
+
+
+def validate_config(raw: Any, source: str = "config") -> ExperimentConfig:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InputError(source, f"top level must be a mapping, got {type(raw).__name__}",
+                         "write 'key: value' lines (see README)")
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except InputError:
+        raise
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err.get("loc", ()))
+        field = _field_of(loc)
+        if err["type"] == "extra_forbidden":
+            section = _section_model(loc[:-1])
+            known = section.model_fields.keys() if section else []
+            raise InputError(field, "unknown key", unknown_key_fix(str(loc[-1]), known)) from None
+        ctx_err = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, InputError):
+            raise ctx_err from None
+        value = err.get("input")
+        msg = err["msg"].removeprefix("Value error, ")
+        shown = repr(value) if not isinstance(value, dict) else "a mapping"
+        raise InputError(field, f"{msg} (got {shown})", _fix_for(field)) from None
+
+
+def _fix_for(field: str) -> str:
+    section, _, key = field.partition(".")
+    model = _section_model((section,)) if key else None
+    if model and key in model.model_fields:
+        f = model.model_fields[key]
+        default = f.default
+        hint = f.description or ""
+        return f"e.g. {key}: {default!r}" + (f" ({hint})" if hint else "")
+    return "see README, Configuration"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    raw: Any = {} if path is None else load_yaml_file(path, "config")
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InputError(f"config '{path}'", "top level must be a mapping", "write 'key: value' lines")
+    raw = apply_overrides(raw, list(overrides or []))
+    cfg = validate_config(raw, str(path or "config"))
+    if path is not None:
+        # Relative data/model paths in a config file are relative to that file.
+        cfg = _rebase_paths(cfg, Path(path).resolve().parent)
+    return cfg
+
+
+def _rebase_paths(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
+    def rebase(p: str | None) -> str | None:
+        if p is None or p.startswith("hf:"):
+            return p
+        q = Path(p).expanduser()
+        if q.is_absolute() or q.exists():
+            return p
+        candidate = base / q
+        return str(candidate) if candidate.exists() else p
+
+    data = cfg.data.model_copy(update={k: rebase(getattr(cfg.data, k)) for k in ("train", "validation", "test")})
+    model = cfg.model
+    if "/" in model.path or model.path.startswith("."):
+        model = model.model_copy(update={"path": rebase(model.path)})
+    space = cfg.space
+    if isinstance(space, str) and (space.endswith((".yaml", ".yml"))):
+        space = rebase(space)
+    return cfg.model_copy(update={"data": data, "model": model, "space": space})
+
+
+def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    return cfg.model_dump(mode="json")

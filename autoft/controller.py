@@ -1,0 +1,311 @@
+"""The search controller: validate, prepare once, run Ray Tune with Optuna, log to MLflow.
+
+Everything that can be wrong with the input is checked in :func:`plan_search`
+before Ray starts or MLflow is touched; :func:`run_search` then owns the Ray
+runtime, the Optuna study and the MLflow parent run for one search.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoft.config import ExperimentConfig, config_to_dict
+from autoft.data import PreparedData, TextData, load_text_data, prepare_data
+from autoft.errors import InputError
+from autoft.models import check_model_dir, load_tokenizer, model_config
+from autoft.recipe import Recipe
+from autoft.space import SearchSpace, load_space
+
+
+@dataclass
+class SearchPlan:
+    cfg: ExperimentConfig
+    model_path: Path
+    num_layers: int
+    space: SearchSpace
+    base_recipe: Recipe
+    text: TextData
+
+
+@dataclass
+class SearchResult:
+    search_id: str
+    best_value: float | None
+    best_config: dict[str, Any]
+    best_checkpoint: str | None
+    mlflow_experiment_id: str
+    mlflow_run_id: str
+    tracking_uri: str
+    storage_dir: str
+    n_trials: int
+    n_completed: int
+    n_pruned: int
+    n_failed: int
+    wall_seconds: float
+    metric: str
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    trials: Any = None  # pandas.DataFrame
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("trials")
+        return d
+
+
+def num_layers_of(model_path: Path, trust_remote_code: bool) -> int:
+    cfg = model_config(model_path, trust_remote_code)
+    for key in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+        if isinstance(getattr(cfg, key, None), int):
+            return int(getattr(cfg, key))
+    raise InputError("model.path", f"cannot tell how many blocks '{model_path}' has", "use a transformer checkpoint")
+
+
+def plan_search(cfg: ExperimentConfig) -> SearchPlan:
+    """Every input check, with no side effect: no Ray, no MLflow, no folders."""
+    model_path = check_model_dir(cfg.model.path)
+    layers = num_layers_of(model_path, cfg.model.trust_remote_code)
+    base = cfg.base_recipe()
+    base.check_against_model(layers)
+    space = load_space(cfg.space).resolve(layers)
+    # Fixed values of the space must make a valid recipe on this model too.
+    cfg.base_recipe(space.fixed).check_against_model(layers)
+    _check_storage(cfg.storage)
+    text = load_text_data(cfg.data, cfg.train.seed)
+    return SearchPlan(cfg, model_path, layers, space, base, text)
+
+
+def _check_storage(storage: str) -> None:
+    if "://" in storage and not storage.startswith("file://"):
+        return  # a URI (s3://, gs://): Ray checks it
+    p = Path(storage).expanduser()
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise InputError("storage", f"'{storage}' is not a writable folder", "give a folder you can write to")
+
+
+def tokenize_for(plan: SearchPlan) -> PreparedData:
+    tok = load_tokenizer(plan.model_path, plan.cfg.model.trust_remote_code)
+    return prepare_data(plan.text, tok, plan.cfg.train.max_length, str(plan.model_path))
+
+
+def new_search_id(name: str) -> str:
+    return f"{name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _max_epochs(plan: SearchPlan) -> int:
+    spec = plan.space.params.get("epochs")
+    if spec is not None:
+        return int(spec.high)
+    return int(plan.space.fixed.get("epochs", plan.base_recipe.epochs))
+
+
+def _init_ray(address: str | None, num_cpus: int | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
+    if address:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)
+
+
+def run_search(cfg: ExperimentConfig, echo: Any = print, plan: SearchPlan | None = None,
+               search_id: str | None = None) -> SearchResult:
+    import pandas as pd
+
+    t_start = time.time()
+    plan = plan or plan_search(cfg)
+    search_id = search_id or new_search_id(cfg.name)
+    storage = Path(cfg.storage).expanduser().resolve()
+    storage.mkdir(parents=True, exist_ok=True)
+    search_dir = storage / search_id
+    metric, mode = cfg.search.metric, cfg.search.mode
+
+    echo(f"search {search_id}: {cfg.search.num_trials} trials, space '{plan.space.name}', "
+         f"model {plan.model_path.name} ({plan.num_layers} blocks), {len(plan.text.train.texts)} train / "
+         f"{len(plan.text.validation.texts)} validation examples")
+    data = tokenize_for(plan)
+
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    from ray import tune
+
+    from autoft.callbacks import MlflowTrialCallback, StatusLineCallback, TrialLog
+    from autoft.pruning import PruneAwareOptunaSearch, make_sampler, make_scheduler
+    from autoft.ray_trainable import tune_trial
+    from autoft.tracking import SearchTracker, default_tracking_uri
+
+    tracking_uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(storage)
+    tracker = SearchTracker(tracking_uri, cfg.tracking.experiment or cfg.name, storage / "mlartifacts")
+    static = {"model": str(cfg.model.path), "dataset": plan.text.identity["train"],
+              "n_train": len(data.train), "n_validation": len(data.validation), "max_length": cfg.train.max_length}
+    parent = tracker.start_search(search_id, {
+        "space": plan.space.name, "sampler": cfg.search.sampler, "scheduler": cfg.pruning.scheduler,
+        "num_trials": cfg.search.num_trials, "max_concurrent": cfg.search.max_concurrent,
+        "metric": metric, "mode": mode, "search_seed": cfg.search.seed,
+        "grace_period": cfg.pruning.grace_period, "reduction_factor": cfg.pruning.reduction_factor,
+        **static}, {"autoft.storage": str(search_dir)})
+    tracker.log_dict(parent, config_to_dict(cfg), "config.yaml")
+    tracker.log_dict(parent, _space_dict(plan.space), "space.yaml")
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage_url = f"sqlite:///{storage / 'optuna.db'}"
+    searcher = PruneAwareOptunaSearch(
+        space=plan.space.define_by_run(), metric=metric, mode=mode,
+        sampler=make_sampler(cfg.search.sampler, cfg.search.seed, cfg.search.num_trials),
+        study_name=search_id, storage=optuna.storages.RDBStorage(storage_url),
+        points_to_evaluate=plan.space.starting_points() if cfg.search.warm_start else None,
+    )
+    scheduler = make_scheduler(cfg.pruning.scheduler, _max_epochs(plan), cfg.pruning.grace_period,
+                               cfg.pruning.reduction_factor)
+    threads = cfg.train.threads or max(1, int(cfg.resources.cpus_per_trial))
+    setup = {"base_recipe": plan.base_recipe.to_dict(), "model_path": str(plan.model_path),
+             "options": {"device": cfg.train.device, "precision": cfg.train.precision,
+                         "eval_batch_size": cfg.train.eval_batch_size, "threads": threads,
+                         "trust_remote_code": cfg.model.trust_remote_code, "metric": metric, "mode": mode}}
+    trainable = tune.with_resources(
+        tune.with_parameters(tune_trial, data=data, setup=setup),
+        {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial})
+    log = TrialLog()
+    callbacks = [
+        MlflowTrialCallback(tracker, searcher, plan.space, plan.base_recipe.to_dict(), static, search_id, log),
+        StatusLineCallback(log, metric, mode, echo, cfg.search.num_trials),
+    ]
+    _init_ray(cfg.address, None)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=metric, mode=mode, search_alg=searcher, scheduler=scheduler,
+            num_samples=cfg.search.num_trials, max_concurrent_trials=cfg.search.max_concurrent,
+            time_budget_s=cfg.search.time_budget_s, reuse_actors=True,
+            trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
+        ),
+        run_config=tune.RunConfig(
+            name=search_id, storage_path=str(storage), callbacks=callbacks, verbose=0,
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=cfg.search.keep_checkpoints, checkpoint_score_attribute=metric,
+                checkpoint_score_order=mode),
+            failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
+        ),
+    )
+    status = "completed"
+    try:
+        grid = tuner.fit()
+    except BaseException as exc:
+        status = "killed" if isinstance(exc, KeyboardInterrupt) else "failed"
+        tracker.close_open_trials("killed", f"search {status}: {type(exc).__name__}")
+        tracker.end_search(status, {}, {"autoft.reason": f"{type(exc).__name__}: {exc}"[:500]})
+        raise
+    if grid.num_errors and all(r.error for r in grid):
+        status = "failed"
+    tracker.close_open_trials("killed", "search ended before the trial finished")
+
+    rows = sorted(log.rows.values(), key=lambda r: r.get("number", 0))
+    best_row = _best_row(rows, mode)
+    best_ckpt_dir: Path | None = None
+    test_metrics: dict[str, float] = {}
+    if best_row is not None:
+        best_ckpt_dir = _export_best(grid, best_row["trial_id"], metric, mode, search_dir, plan, cfg)
+        if best_ckpt_dir is not None and data.test is not None:
+            test_metrics = _score_test(best_ckpt_dir, data, cfg)
+        if best_ckpt_dir is not None and cfg.tracking.log_best_model:
+            tracker.log_artifacts(parent, best_ckpt_dir, "best_checkpoint")
+    _drop_other_checkpoints(grid, best_row["trial_id"] if best_row else None)
+
+    counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("completed", "pruned", "failed")}
+    trials_df = pd.DataFrame([{
+        "number": r.get("number"), "trial_id": r["trial_id"], "status": r["status"],
+        metric: r.get("best"), "epochs": r.get("epochs"), "reason": r.get("reason", ""),
+        "wall_seconds": r.get("wall_seconds"), "run_id": r.get("run_id"), **(r.get("params") or {}),
+    } for r in rows])
+    result = SearchResult(
+        search_id=search_id,
+        best_value=best_row["best"] if best_row else None,
+        best_config=best_row["recipe"] if best_row else {},
+        best_checkpoint=str(best_ckpt_dir) if best_ckpt_dir else None,
+        mlflow_experiment_id=tracker.experiment_id, mlflow_run_id=parent, tracking_uri=tracking_uri,
+        storage_dir=str(search_dir), n_trials=len(rows), n_completed=counts["completed"],
+        n_pruned=counts["pruned"], n_failed=counts["failed"], wall_seconds=time.time() - t_start,
+        metric=metric, test_metrics=test_metrics, trials=trials_df,
+    )
+    summary = {"best_value": result.best_value or 0.0, "n_trials": result.n_trials,
+               "n_completed": result.n_completed, "n_pruned": result.n_pruned, "n_failed": result.n_failed,
+               "wall_seconds": result.wall_seconds, **{f"test_{k.removeprefix('eval_')}": v for k, v in test_metrics.items()}}
+    if best_row:
+        tracker.log_dict(parent, best_row["recipe"], "best_config.yaml")
+    tracker.end_search(status, summary, {"autoft.best_trial_run": best_row.get("run_id", "") if best_row else ""})
+    search_dir.mkdir(parents=True, exist_ok=True)
+    (search_dir / "search.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    return result
+
+
+def _space_dict(space: SearchSpace) -> dict[str, Any]:
+    return {"name": space.name, "description": space.description, "fixed": space.fixed,
+            "params": {n: {k: v for k, v in asdict(p).items() if v not in (None, (), {}, False)}
+                       for n, p in space.params.items()}}
+
+
+def _best_row(rows: list[dict[str, Any]], mode: str) -> dict[str, Any] | None:
+    scored = [r for r in rows if r.get("best") is not None and r["status"] != "failed"]
+    if not scored:
+        return None
+    return (max if mode == "max" else min)(scored, key=lambda r: r["best"])
+
+
+def _export_best(grid: Any, trial_id: str, metric: str, mode: str, search_dir: Path,
+                 plan: SearchPlan, cfg: ExperimentConfig) -> Path | None:
+    """Copy the best trial's best checkpoint to <search>/best_checkpoint, with its tokenizer."""
+    for result in grid:
+        if result.metrics and result.metrics.get("trial_id") == trial_id:
+            ckpt = result.get_best_checkpoint(metric, mode) if result.best_checkpoints else result.checkpoint
+            if ckpt is None:
+                return None
+            out = search_dir / "best_checkpoint"
+            if out.exists():
+                shutil.rmtree(out)
+            with ckpt.as_directory() as d:
+                shutil.copytree(d, out, ignore=shutil.ignore_patterns("optimizer.safetensors", "rng.safetensors"))
+            load_tokenizer(plan.model_path, cfg.model.trust_remote_code).save_pretrained(str(out))
+            return out
+    return None
+
+
+def _drop_other_checkpoints(grid: Any, keep_trial: str | None) -> None:
+    """Finished trials never resume; only the winner's checkpoint is worth disk."""
+    for result in grid:
+        if not result.metrics or result.metrics.get("trial_id") == keep_trial:
+            continue
+        for ckpt, _ in result.best_checkpoints or []:
+            if ckpt.filesystem.type_name == "local":
+                shutil.rmtree(ckpt.path, ignore_errors=True)
+
+
+def _score_test(ckpt_dir: Path, data: PreparedData, cfg: ExperimentConfig) -> dict[str, float]:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from autoft.trial import autocast_dtype, evaluate, pick_device
+
+    assert data.test is not None
+    device = pick_device(cfg.train.device)
+    model = AutoModelForSequenceClassification.from_pretrained(str(ckpt_dir), use_safetensors=True,
+                                                               local_files_only=True).to(device)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    return evaluate(model, data.test, cfg.train.eval_batch_size, data.pad_token_id, device,
+                    autocast_dtype(device, cfg.train.precision))

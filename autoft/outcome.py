@@ -1,0 +1,42 @@
+"""How a trial ended, decided from its last result: one pure function shared by
+the Optuna searcher, the MLflow callback and the leaderboard, so the three
+never disagree about which trials were pruned."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+COMPLETED, PRUNED, FAILED = "completed", "pruned", "failed"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # completed | pruned | failed
+    reason: str
+    epoch: int  # last epoch reported (0 = none)
+
+
+def classify(result: dict[str, Any] | None, error: bool, error_text: str = "") -> Outcome:
+    result = result or {}
+    epoch = int(result.get("epoch") or 0)
+    if error:
+        first = (error_text or "trial raised an error").strip().splitlines()
+        return Outcome(FAILED, _last_meaningful(first) if first else "trial raised an error", epoch)
+    if result.get("autoft_status") == "diverged":
+        return Outcome(FAILED, str(result.get("autoft_reason") or "loss became NaN/inf"), epoch)
+    total = int(result.get("epochs_total") or 0)
+    if epoch == 0:
+        return Outcome(PRUNED, "stopped before its first evaluation", 0)
+    if total and epoch < total:
+        return Outcome(PRUNED, f"pruned at epoch {epoch}", epoch)
+    return Outcome(COMPLETED, "", epoch)
+
+
+def _last_meaningful(lines: list[str]) -> str:
+    """The exception line of a traceback (its last non-empty line), not 'Traceback ...'."""
+    for line in reversed(lines):
+        line = line.strip()
+        if line and not line.startswith(("File ", "^", "~")):
+            return line[:500]
+    return lines[0][:500]

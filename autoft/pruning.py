@@ -1,0 +1,103 @@
+"""Samplers, schedulers, and the Optuna searcher that knows about pruning.
+
+Ray 2.60's ``OptunaSearch`` tells Optuna that a trial stopped by ASHA is
+COMPLETE with its early value, which makes TPE treat a one-epoch score as a
+finished result and makes optuna-dashboard show no pruned trials.
+:class:`PruneAwareOptunaSearch` tells such trials as PRUNED (keeping their
+intermediate values) and diverged or crashed ones as FAIL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.tune.search.optuna import OptunaSearch
+
+from autoft.outcome import COMPLETED, FAILED, PRUNED, classify
+
+
+def make_sampler(name: str, seed: int, num_trials: int) -> Any:
+    import warnings
+
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if name == "tpe":
+        # Multivariate + group handles conditional spaces; few startup trials
+        # because the warm-start points already cover the known-good region.
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, n_startup_trials=max(3, min(10, num_trials // 3)))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed)
+    raise ValueError(f"unknown sampler {name!r}")
+
+
+def make_scheduler(name: str, max_epochs: int, grace_period: int, reduction_factor: float) -> Any:
+    from ray.tune.schedulers import (
+        ASHAScheduler,
+        FIFOScheduler,
+        HyperBandScheduler,
+        MedianStoppingRule,
+    )
+
+    grace = min(grace_period, max_epochs)
+    if name == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=max_epochs, grace_period=grace,
+                             reduction_factor=reduction_factor)
+    if name == "hyperband":
+        return HyperBandScheduler(time_attr="training_iteration", max_t=max_epochs,
+                                  reduction_factor=reduction_factor)
+    if name == "median":
+        return MedianStoppingRule(time_attr="training_iteration", grace_period=grace, min_samples_required=3)
+    if name == "none":
+        return FIFOScheduler()
+    raise ValueError(f"unknown scheduler {name!r}")
+
+
+class PruneAwareOptunaSearch(OptunaSearch):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.outcomes: dict[str, str] = {}
+        self._best_values: dict[str, float] = {}
+
+    def optuna_number(self, trial_id: str) -> int | None:
+        t = self._ot_trials.get(trial_id)
+        return None if t is None else t.number
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self.metric in result and trial_id in self._ot_trials:
+            if result.get("autoft_status") != "diverged":
+                value = float(result[self.metric])
+                old = self._best_values.get(trial_id)
+                if old is None or (value > old if self.mode == "max" else value < old):
+                    self._best_values[trial_id] = value
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        import optuna
+
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        outcome = classify(result, error)
+        ot_trial = self._ot_trials[trial_id]
+        ot_trial.set_user_attr("ray_trial_id", trial_id)
+        ot_trial.set_user_attr("autoft_status", outcome.status)
+        if outcome.reason:
+            ot_trial.set_user_attr("autoft_reason", outcome.reason)
+        state = {COMPLETED: optuna.trial.TrialState.COMPLETE, PRUNED: optuna.trial.TrialState.PRUNED,
+                 FAILED: optuna.trial.TrialState.FAIL}[outcome.status]
+        value = None
+        if outcome.status == COMPLETED:
+            # The trial's objective is its best epoch: that is the checkpoint kept.
+            value = self._best_values.get(trial_id, (result or {}).get(self.metric))
+            if value is None:
+                state = optuna.trial.TrialState.FAIL
+        self._ot_study.tell(ot_trial, value, state=state)
+        self.outcomes[trial_id] = outcome.status
+        self._completed_trials.add(trial_id)

@@ -1,0 +1,332 @@
+"""One fine-tuning trial, top to bottom: build, freeze, train, evaluate, checkpoint.
+
+No Ray and no MLflow here. Progress leaves through a :class:`Reporter`, which
+the CLI prints and the search controller forwards to ``ray.tune.report``.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoft import checkpoint as ckpt
+from autoft.data import PreparedData, TokenizedSplit, batches
+from autoft.freezing import plan_for_epoch
+from autoft.layers import ModelLayout, find_layout
+from autoft.optim import build_param_groups
+from autoft.recipe import Recipe
+
+
+class Reporter(Protocol):
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None: ...
+
+
+@dataclass
+class RunOptions:
+    """How (not what) to train: device, precision, evaluation and checkpoints."""
+
+    device: str = "auto"
+    precision: str = "auto"
+    eval_batch_size: int = 128
+    threads: int | None = None
+    checkpoint_dir: Path | None = None  # where epoch checkpoints go; None = temporary, handed to the reporter
+    keep_checkpoints: int = 1
+    trust_remote_code: bool = False
+    metric: str = "eval_f1"
+    mode: str = "max"
+
+
+@dataclass
+class TrialResult:
+    status: str  # completed | diverged
+    reason: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    best_checkpoint: Path | None = None
+    last_checkpoint: Path | None = None
+
+
+class PrintReporter:
+    def __init__(self, echo: Any = print) -> None:
+        self.echo = echo
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        if "eval_f1" not in metrics:
+            self.echo(f"epoch {metrics.get('epoch')}: {metrics.get('autoft_reason', '')}")
+            return
+        self.echo(
+            f"epoch {metrics['epoch']}/{metrics['epochs_total']}  train_loss {metrics['train_loss']:.4f}  "
+            f"eval_loss {metrics['eval_loss']:.4f}  acc {metrics['eval_accuracy']:.4f}  "
+            f"f1 {metrics['eval_f1']:.4f}  trainable {metrics['trainable_params']:,}  "
+            f"{metrics['epoch_seconds']:.1f}s ({metrics['train_samples_per_second']:.1f} samples/s)"
+        )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    # auto: bf16 only on a GPU that has it; on CPU autocast is slower, not faster.
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def reinit_top_blocks(model: Any, layout: ModelLayout, k: int) -> None:
+    init = getattr(model, "_init_weights", None)
+    for block in list(layout.blocks)[layout.num_layers - k :]:
+        for module in block.modules():
+            if init is not None:
+                init(module)
+            elif hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+
+def apply_plan(layout: ModelLayout, model: nn.Module, training_blocks: tuple[int, ...],
+               embeddings_train: bool) -> None:
+    """Set requires_grad and train/eval mode; frozen parts run in eval mode (no dropout)."""
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    for i, block in enumerate(layout.blocks):
+        on = i in training_blocks
+        block.train(on)
+        for p in block.parameters():
+            p.requires_grad_(on)
+    for emb in layout.embeddings:
+        emb.train(embeddings_train)
+        for p in emb.parameters():
+            p.requires_grad_(embeddings_train)
+
+
+def ever_trainable(model: nn.Module, layout: ModelLayout, recipe: Recipe) -> list[nn.Parameter]:
+    blocks: set[int] = set()
+    embeddings = False
+    for epoch in range(recipe.epochs):
+        plan = plan_for_epoch(recipe, layout.num_layers, epoch)
+        blocks.update(plan.training_blocks)
+        embeddings = embeddings or plan.embeddings_train
+    excluded = {id(p) for i, b in enumerate(layout.blocks) if i not in blocks for p in b.parameters()}
+    if not embeddings:
+        excluded |= {id(p) for e in layout.embeddings for p in e.parameters()}
+    return [p for p in model.parameters() if id(p) not in excluded]
+
+
+def evaluate(model: nn.Module, split: TokenizedSplit, batch_size: int, pad_id: int,
+             device: torch.device, amp: torch.dtype | None) -> dict[str, float]:
+    from sklearn.metrics import f1_score
+
+    was_training = model.training
+    model.eval()
+    total_loss, preds, golds = 0.0, [], []
+    with torch.inference_mode():
+        for ids, mask, labels in batches(split, batch_size, pad_id, shuffle=False):
+            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits = model(input_ids=ids, attention_mask=mask).logits
+            logits = logits.float()
+            total_loss += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+            preds.append(logits.argmax(-1).cpu().numpy())
+            golds.append(labels.cpu().numpy())
+    model.train(was_training)
+    y_pred, y_true = np.concatenate(preds), np.concatenate(golds)
+    return {
+        "eval_loss": total_loss / max(1, len(y_true)),
+        "eval_accuracy": float((y_pred == y_true).mean()),
+        "eval_f1": float(f1_score(y_true, y_pred, average="macro")),
+    }
+
+
+def _better(a: float, b: float, mode: str) -> bool:
+    return a > b if mode == "max" else a < b
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def run_trial(
+    recipe: Recipe,
+    data: PreparedData,
+    model_path: Path,
+    reporter: Reporter,
+    options: RunOptions | None = None,
+    resume_from: Path | None = None,
+) -> TrialResult:
+    from transformers import get_linear_schedule_with_warmup
+    from transformers.utils import logging as hf_logging
+
+    from autoft.models import load_classifier
+
+    opts = options or RunOptions()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    device = pick_device(opts.device)
+    amp = autocast_dtype(device, opts.precision)
+
+    # 1. Model: pretrained body, fresh head (seeded), optional dropout override and re-init.
+    seed_everything(recipe.seed)
+    model = load_classifier(model_path, data.label_names, dropout=recipe.dropout,
+                            pad_token_id=data.pad_token_id, trust_remote_code=opts.trust_remote_code)
+    layout = find_layout(model)
+    recipe.check_against_model(layout.num_layers)
+    if recipe.reinit_top_layers:
+        reinit_top_blocks(model, layout, recipe.reinit_top_layers)
+    model.to(device)
+
+    # 2. Optimizer over what ever trains; L2-SP anchors for the body.
+    params = ever_trainable(model, layout, recipe)
+    groups = build_param_groups(model, layout, recipe.learning_rate, recipe.weight_decay,
+                                recipe.layerwise_lr_decay, params)
+    optimizer = torch.optim.AdamW(groups, lr=recipe.learning_rate)
+    head_ids = {id(p) for m in layout.head for p in m.parameters()}
+    anchors: list[tuple[nn.Parameter, torch.Tensor]] = []
+    if recipe.l2sp_alpha > 0:
+        anchors = [(p, p.detach().clone()) for p in params if id(p) not in head_ids]
+    steps_per_epoch = math.ceil(len(data.train) / recipe.batch_size)
+    total_steps = steps_per_epoch * recipe.epochs
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(recipe.warmup_ratio * total_steps), total_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+
+    # 3. Resume.
+    start_epoch, history = 0, []
+    best: dict[str, Any] | None = None
+    if resume_from is not None:
+        state = ckpt.load_trainer_state(resume_from)
+        ckpt.load_model_weights(resume_from, model)
+        if "optimizer" in state:
+            ckpt.load_optimizer(resume_from, optimizer, state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        ckpt.restore_rng(resume_from)
+        start_epoch, history, best = state["epoch"], state["history"], state.get("best")
+
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    result = TrialResult(status="completed", reason="", history=history, best=best)
+    kept: list[tuple[float, Path]] = []
+    tmp_root = Path(tempfile.mkdtemp(prefix="autoft-ckpt-")) if opts.checkpoint_dir is None else None
+
+    try:
+        for epoch in range(start_epoch, recipe.epochs):
+            plan = plan_for_epoch(recipe, layout.num_layers, epoch)
+            apply_plan(layout, model, plan.training_blocks, plan.embeddings_train)
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            t0 = time.perf_counter()
+            loss_sum, seen = 0.0, 0
+            diverged = ""
+            for step, (ids, mask, labels) in enumerate(
+                batches(data.train, recipe.batch_size, data.pad_token_id, shuffle=True,
+                        seed=recipe.seed * 1000 + epoch)
+            ):
+                ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    logits = model(input_ids=ids, attention_mask=mask).logits
+                loss = loss_fn(logits.float(), labels)
+                if anchors:
+                    loss = loss + 0.5 * recipe.l2sp_alpha * sum(
+                        ((p - p0) ** 2).sum() for p, p0 in anchors if p.requires_grad)
+                if not torch.isfinite(loss):
+                    diverged = f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}"
+                    break
+                scaler.scale(loss).backward()
+                if recipe.max_grad_norm > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for p in model.parameters() if p.requires_grad], recipe.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                loss_sum += loss.item() * len(labels)
+                seen += len(labels)
+            train_seconds = time.perf_counter() - t0
+            if diverged:
+                result.status, result.reason = "diverged", diverged
+                metrics = {"epoch": epoch + 1, "epochs_total": recipe.epochs,
+                           "autoft_status": "diverged", "autoft_reason": diverged,
+                           opts.metric: 0.0 if opts.mode == "max" else 1e9}
+                result.history.append(metrics)
+                reporter.report(metrics, None)
+                break
+            ev = evaluate(model, data.validation, opts.eval_batch_size, data.pad_token_id, device, amp)
+            metrics = {
+                "epoch": epoch + 1,
+                "epochs_total": recipe.epochs,
+                "train_loss": loss_sum / max(1, seen),
+                **ev,
+                "learning_rate": optimizer.param_groups[-1]["lr"],
+                "trainable_params": trainable,
+                "blocks_training": len(plan.training_blocks),
+                "epoch_seconds": time.perf_counter() - t0,
+                "train_seconds": train_seconds,
+                "train_samples": seen,
+                "train_samples_per_second": seen / max(train_seconds, 1e-9),
+                "autoft_status": "running",
+            }
+            value = metrics[opts.metric]
+            if result.best is None or _better(value, result.best[opts.metric], opts.mode):
+                result.best = dict(metrics)
+            result.history.append(metrics)
+            state = {"epoch": epoch + 1, "scheduler": scheduler.state_dict(),
+                     "history": result.history, "best": result.best, "recipe": recipe.to_dict(),
+                     "label_names": data.label_names}
+            root = opts.checkpoint_dir or tmp_root
+            assert root is not None
+            cdir = ckpt.save_checkpoint(root / f"checkpoint-epoch-{epoch + 1}", model, optimizer, state)
+            result.last_checkpoint = cdir
+            if opts.checkpoint_dir is not None:
+                kept.append((value, cdir))
+                kept = _prune_kept(kept, opts.keep_checkpoints, opts.mode, keep=cdir)
+                best_val = result.best[opts.metric]
+                result.best_checkpoint = next((p for v, p in kept if v == best_val), result.best_checkpoint)
+            if epoch + 1 == recipe.epochs:
+                metrics["autoft_status"] = "completed"
+            reporter.report(metrics, cdir)
+            if tmp_root is not None:
+                shutil.rmtree(cdir, ignore_errors=True)
+    finally:
+        if tmp_root is not None:
+            shutil.rmtree(tmp_root, ignore_errors=True)
+    return result
+
+
+def _prune_kept(kept: list[tuple[float, Path]], k: int, mode: str, keep: Path) -> list[tuple[float, Path]]:
+    """Keep the best ``k`` checkpoints (plus the newest, for resuming); delete the rest."""
+    ranked = sorted(kept, key=lambda vp: vp[0], reverse=(mode == "max"))
+    survivors = ranked[:k]
+    if all(p != keep for _, p in survivors):
+        survivors.append(next(vp for vp in kept if vp[1] == keep))
+    for _, p in kept:
+        if all(p != s for _, s in survivors):
+            shutil.rmtree(p, ignore_errors=True)
+    return survivors

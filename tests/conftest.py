@@ -1,0 +1,86 @@
+"""Shared fixtures: a tiny random BERT (hidden 32, 2 blocks) and small real data.
+
+Everything is built in a temporary folder, offline, in about a second.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+
+REPO = Path(__file__).resolve().parent.parent
+SMS = REPO / "autoft" / "datasets" / "sms_spam"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def read_rows(path: Path, limit: int) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as fh:
+        return [row for _, row in zip(range(limit), csv.DictReader(fh))]
+
+
+def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def build_vocab(rows: list[dict[str, str]], size: int = 400) -> list[str]:
+    counts = collections.Counter(w for r in rows for w in re.findall(r"[a-z0-9]+", r["text"].lower()))
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [w for w, _ in counts.most_common(size)]
+
+
+def make_tiny_bert(target: Path, vocab: list[str], seed: int = 0) -> Path:
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tok = BertTokenizerFast(vocab_file=str(target / "vocab.txt"), do_lower_case=True)
+    tok.save_pretrained(str(target))
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(str(target), safe_serialization=True)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("data")
+    train = read_rows(SMS / "train.csv", 160)
+    val = read_rows(SMS / "validation.csv", 64)
+    return {"train": write_csv(root / "train.csv", train), "validation": write_csv(root / "validation.csv", val),
+            "rows": root}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rows = read_rows(SMS / "train.csv", 2000)
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), build_vocab(rows))
+
+
+@pytest.fixture()
+def tiny_overrides(tiny_model: Path, tiny_data: dict[str, Path], tmp_path: Path) -> list[str]:
+    """--set overrides that point the embedded config at the tiny model and data."""
+    return [
+        f"model.path={tiny_model}",
+        f"data.train={tiny_data['train']}",
+        f"data.validation={tiny_data['validation']}",
+        "train.epochs=2",
+        "train.batch_size=16",
+        "train.max_length=32",
+        f"storage={tmp_path / 'runs'}",
+    ]

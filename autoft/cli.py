@@ -43,6 +43,7 @@ def _fail(exc: InputError) -> None:
 def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     import logging
     import warnings
 

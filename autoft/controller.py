@@ -226,7 +226,8 @@ def run_search(cfg: ExperimentConfig, echo: Any = print, plan: SearchPlan | None
             test_metrics = _score_test(best_ckpt_dir, data, cfg)
         if best_ckpt_dir is not None and cfg.tracking.log_best_model:
             tracker.log_artifacts(parent, best_ckpt_dir, "best_checkpoint")
-    _drop_other_checkpoints(grid, best_row["trial_id"] if best_row else None)
+    if status == "completed":
+        _drop_trial_checkpoints(search_dir)
 
     counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("completed", "pruned", "failed")}
     trials_df = pd.DataFrame([{
@@ -286,14 +287,11 @@ def _export_best(grid: Any, trial_id: str, metric: str, mode: str, search_dir: P
     return None
 
 
-def _drop_other_checkpoints(grid: Any, keep_trial: str | None) -> None:
-    """Finished trials never resume; only the winner's checkpoint is worth disk."""
-    for result in grid:
-        if not result.metrics or result.metrics.get("trial_id") == keep_trial:
-            continue
-        for ckpt, _ in result.best_checkpoints or []:
-            if ckpt.filesystem.type_name == "local":
-                shutil.rmtree(ckpt.path, ignore_errors=True)
+def _drop_trial_checkpoints(search_dir: Path) -> None:
+    """A finished search resumes nothing: the exported best checkpoint is all worth disk."""
+    for ckpt in search_dir.glob("trial_*/checkpoint_*"):
+        if ckpt.is_dir():
+            shutil.rmtree(ckpt, ignore_errors=True)
 
 
 def _score_test(ckpt_dir: Path, data: PreparedData, cfg: ExperimentConfig) -> dict[str, float]:

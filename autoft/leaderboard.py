@@ -15,8 +15,10 @@ def _fmt(v: Any) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        if v != v:  # NaN
-            return "-"
+        if v != v:  # NaN: a conditional parameter this trial did not sample
+            return "n/a"
+        if abs(v) >= 10:
+            return f"{v:.1f}"
         return f"{v:.3g}" if abs(v) < 1e-2 and v != 0 else f"{v:.4f}".rstrip("0").rstrip(".")
     return str(v)
 

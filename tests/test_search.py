@@ -1,0 +1,134 @@
+"""A real Ray Tune search with a tiny model, checked through MLflow's and Optuna's own clients."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.ray
+
+N_TRIALS = 6
+
+
+@pytest.fixture(scope="module")
+def finished_search(tmp_path_factory, tiny_model, tiny_data):
+    import ray
+
+    from autoft.config import load_config
+    from autoft.controller import run_search
+
+    root = tmp_path_factory.mktemp("search")
+    cfg = load_config(None, [
+        f"model.path={tiny_model}", f"data.train={tiny_data['train']}",
+        f"data.validation={tiny_data['validation']}", "train.epochs=3", "train.batch_size=16",
+        "train.max_length=32", f"storage={root / 'runs'}", "name=tiny",
+        f"search.num_trials={N_TRIALS}", "search.max_concurrent=2",
+        # Loss varies continuously even for an untrained tiny model, so ASHA
+        # has distinct values to cut at (F1 of a majority predictor ties).
+        "search.metric=eval_loss", "search.mode=min", "search.seed=3",
+        "pruning.grace_period=1", "pruning.reduction_factor=2",
+    ])
+    lines: list[str] = []
+    result = run_search(cfg, echo=lines.append)
+    yield result, cfg, lines
+    ray.shutdown()
+
+
+def _client(result):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=result.tracking_uri)
+
+
+def _children(result):
+    client = _client(result)
+    return client.search_runs([result.mlflow_experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{result.mlflow_run_id}'", max_results=100)
+
+
+def test_parent_and_exactly_one_child_per_trial(finished_search):
+    result, _, _ = finished_search
+    parent = _client(result).get_run(result.mlflow_run_id)
+    assert parent.data.tags["autoft.role"] == "search"
+    assert parent.info.status == "FINISHED"
+    children = _children(result)
+    assert len(children) == N_TRIALS == result.n_trials
+    assert {c.data.tags["autoft.role"] for c in children} == {"trial"}
+    assert all(c.info.status in ("FINISHED", "FAILED") for c in children)
+    assert parent.data.metrics["n_trials"] == N_TRIALS
+
+
+def test_children_have_aligned_params_metrics_and_status(finished_search):
+    result, _, _ = finished_search
+    client = _client(result)
+    children = _children(result)
+    keys = {frozenset(c.data.params) for c in children}
+    assert len(keys) == 1, "every trial must log the same param keys"
+    assert {"learning_rate", "num_frozen_layers", "unfreeze_schedule", "unfreeze_every", "model"} <= set(next(iter(keys)))
+    for c in children:
+        status = c.data.tags["autoft.status"]
+        assert status in ("completed", "pruned", "failed")
+        history = client.get_metric_history(c.info.run_id, "eval_loss")
+        steps = sorted(m.step for m in history)
+        assert steps == list(range(1, len(steps) + 1)), "one eval_loss per epoch, step = epoch"
+        if status == "completed":
+            assert len(steps) == 3
+        if status == "pruned":
+            assert len(steps) < 3
+            assert int(c.data.tags["autoft.pruned_at_epoch"]) == len(steps)
+        if c.data.params["unfreeze_schedule"] == "none":
+            assert c.data.params["unfreeze_every"] == "n/a"
+
+
+def test_asha_pruned_some_and_optuna_agrees(finished_search):
+    import optuna
+
+    result, cfg, _ = finished_search
+    children = _children(result)
+    pruned_mlflow = {int(c.data.tags["autoft.optuna_trial"]) for c in children
+                     if c.data.tags["autoft.status"] == "pruned"}
+    assert pruned_mlflow, "ASHA should stop at least one of 6 trials"
+    study = optuna.load_study(study_name=result.search_id,
+                              storage=f"sqlite:///{result.storage_dir.rsplit('/', 1)[0]}/optuna.db")
+    pruned_optuna = {t.number for t in study.trials if t.state == optuna.trial.TrialState.PRUNED}
+    assert pruned_optuna == pruned_mlflow
+    assert len(study.trials) == N_TRIALS
+    assert result.n_pruned == len(pruned_mlflow)
+
+
+def test_warm_start_points_run_first(finished_search):
+    import optuna
+
+    result, _, _ = finished_search
+    study = optuna.load_study(study_name=result.search_id,
+                              storage=f"sqlite:///{result.storage_dir.rsplit('/', 1)[0]}/optuna.db")
+    first = sorted(study.trials, key=lambda t: t.number)[0]
+    assert first.params["learning_rate"] == pytest.approx(5e-5)
+    assert first.params["num_frozen_layers"] == 0
+
+
+def test_best_checkpoint_loads_and_predicts(finished_search):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    result, _, _ = finished_search
+    assert result.best_checkpoint
+    model = AutoModelForSequenceClassification.from_pretrained(result.best_checkpoint)
+    tok = AutoTokenizer.from_pretrained(result.best_checkpoint)
+    assert set(model.config.id2label.values()) == {"ham", "spam"}
+    out = model(**tok(["free prize call now"], return_tensors="pt")).logits
+    assert out.shape == (1, 2)
+    arts = {a.path for a in _client(result).list_artifacts(result.mlflow_run_id)}
+    assert {"best_checkpoint", "config.yaml", "space.yaml"} <= arts
+
+
+def test_result_json_and_dataframe(finished_search):
+    from pathlib import Path
+
+    result, _, lines = finished_search
+    assert len(result.trials) == N_TRIALS
+    assert set(result.trials["status"]) <= {"completed", "pruned", "failed"}
+    saved = json.loads((Path(result.storage_dir) / "search.json").read_text())
+    assert saved["search_id"] == result.search_id
+    assert saved["best_value"] == pytest.approx(result.best_value)
+    assert any("done 6/6" in line for line in lines)

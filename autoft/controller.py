@@ -52,6 +52,7 @@ class SearchResult:
     wall_seconds: float
     metric: str
     test_metrics: dict[str, float] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)  # registered model name, version, URIs
     trials: Any = None  # pandas.DataFrame
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,7 +148,7 @@ def run_search(cfg: ExperimentConfig, echo: Any = print, plan: SearchPlan | None
     from autoft.callbacks import MlflowTrialCallback, StatusLineCallback, TrialLog
     from autoft.pruning import PruneAwareOptunaSearch, make_sampler, make_scheduler
     from autoft.ray_trainable import tune_trial
-    from autoft.tracking import SearchTracker, default_tracking_uri
+    from autoft.tracking import SearchTracker, default_tracking_uri, log_best_model
 
     tracking_uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(storage)
     tracker = SearchTracker(tracking_uri, cfg.tracking.experiment or cfg.name, storage / "mlartifacts")
@@ -220,12 +221,15 @@ def run_search(cfg: ExperimentConfig, echo: Any = print, plan: SearchPlan | None
     best_row = _best_row(rows, mode)
     best_ckpt_dir: Path | None = None
     test_metrics: dict[str, float] = {}
+    model_info: dict[str, Any] = {}
     if best_row is not None:
         best_ckpt_dir = _export_best(grid, best_row["trial_id"], metric, mode, search_dir, plan, cfg)
         if best_ckpt_dir is not None and data.test is not None:
             test_metrics = _score_test(best_ckpt_dir, data, cfg)
         if best_ckpt_dir is not None and cfg.tracking.log_best_model:
-            tracker.log_artifacts(parent, best_ckpt_dir, "best_checkpoint")
+            echo("logging the best checkpoint to MLflow as a registered model...")
+            model_info = log_best_model(tracking_uri, parent, best_ckpt_dir,
+                                        cfg.tracking.experiment or cfg.name, cfg.train.max_length)
     if status == "completed":
         _drop_trial_checkpoints(search_dir)
 
@@ -233,7 +237,10 @@ def run_search(cfg: ExperimentConfig, echo: Any = print, plan: SearchPlan | None
     trials_df = pd.DataFrame([{
         "number": r.get("number"), "trial_id": r["trial_id"], "status": r["status"],
         metric: r.get("best"), "epochs": r.get("epochs"), "reason": r.get("reason", ""),
-        "wall_seconds": r.get("wall_seconds"), "run_id": r.get("run_id"), **(r.get("params") or {}),
+        "wall_seconds": r.get("wall_seconds"),
+        "compute_seconds": sum(h.get("epoch_seconds", 0.0) for h in r["history"]),
+        "train_samples": sum(h.get("train_samples", 0) for h in r["history"]),
+        "run_id": r.get("run_id"), **(r.get("params") or {}),
     } for r in rows])
     result = SearchResult(
         search_id=search_id,
@@ -243,7 +250,7 @@ def run_search(cfg: ExperimentConfig, echo: Any = print, plan: SearchPlan | None
         mlflow_experiment_id=tracker.experiment_id, mlflow_run_id=parent, tracking_uri=tracking_uri,
         storage_dir=str(search_dir), n_trials=len(rows), n_completed=counts["completed"],
         n_pruned=counts["pruned"], n_failed=counts["failed"], wall_seconds=time.time() - t_start,
-        metric=metric, test_metrics=test_metrics, trials=trials_df,
+        metric=metric, test_metrics=test_metrics, model=model_info, trials=trials_df,
     )
     summary = {"best_value": result.best_value or 0.0, "n_trials": result.n_trials,
                "n_completed": result.n_completed, "n_pruned": result.n_pruned, "n_failed": result.n_failed,

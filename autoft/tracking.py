@@ -16,7 +16,7 @@ from autoft.space import ABSENT, SearchSpace
 
 TRIAL_METRICS = (
     "train_loss", "eval_loss", "eval_accuracy", "eval_f1", "learning_rate", "trainable_params",
-    "blocks_training", "epoch_seconds", "train_seconds", "train_samples_per_second",
+    "blocks_training", "epoch_seconds", "train_seconds", "train_samples", "train_samples_per_second",
 )
 STATUS_TO_MLFLOW = {"completed": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
 
@@ -64,7 +64,9 @@ class SearchTracker:
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             # An explicit location: the default (./mlruns) would follow Ray's per-trial cwd.
-            location = (artifact_root / experiment).resolve().as_uri() if artifact_root else None
+            location = None
+            if artifact_root is not None and is_local_store(tracking_uri):
+                location = (artifact_root / experiment).resolve().as_uri()
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
         else:
             self.experiment_id = exp.experiment_id
@@ -157,3 +159,40 @@ class SearchTracker:
 
 def summary_json(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=2, sort_keys=True, default=str)
+
+
+def is_local_store(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
+
+
+def log_best_model(tracking_uri: str, run_id: str, checkpoint: Path, registered_name: str,
+                   max_length: int) -> dict[str, Any]:
+    """Log the best checkpoint once as a pyfunc model, register it, alias it ``best``."""
+    import importlib.metadata as md
+
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    signature = ModelSignature(inputs=Schema([ColSpec("string", "text")]),
+                               outputs=Schema([ColSpec("string", "label")]),
+                               params=ParamSchema([ParamSpec("return_scores", "boolean", False)]))
+    code = Path(__file__).parent / "serving" / "classifier_model.py"
+    reqs = [f"{pkg}=={md.version(pkg).split('+')[0]}" for pkg in ("torch", "transformers", "pandas", "mlflow")]
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri)
+    import warnings
+
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        # The signature is explicit; MLflow still nags for an input example.
+        warnings.simplefilter("ignore", UserWarning)
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(code), artifacts={"checkpoint": str(checkpoint)},
+            pip_requirements=reqs, model_config={"max_length": max_length}, signature=signature,
+            registered_model_name=registered_name,
+        )
+    version = info.registered_model_version
+    if version is not None:
+        client.set_registered_model_alias(registered_name, "best", str(version))
+    return {"model_uri": info.model_uri, "registered_model": registered_name, "version": version,
+            "alias_uri": f"models:/{registered_name}@best"}

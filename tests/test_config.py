@@ -219,23 +219,21 @@ def test_wrong_type_for_space_names_the_field() -> None:
 
 
 @pytest.mark.parametrize(
-    ("override", "field", "fix"),
-    [
-        ("train.epochs", "--set", "KEY=VALUE"),
-        ("=3", "--set", "bad key"),
-        ("train..epochs=1", "--set", "bad key"),
-        ("train.=1", "--set", "bad key"),
-        ("name.sub=1", "name", "is a value, not a section"),
-    ],
+    ("override", "fix"),
+    [("train.epochs", "is not KEY=VALUE"), ("=3", "bad key"), ("train..epochs=1", "bad key"),
+     ("train.=1", "bad key")],
 )
-def test_malformed_set(override: str, field: str, fix: str) -> None:
-    exc = refused([override], None) if field != "name" else None
-    if exc is None:  # name.sub: applied onto a file that sets name as a value
-        with pytest.raises(InputError) as info:
-            apply_overrides({"name": "x"}, [override])
-        exc = info.value
-    assert exc.field == field
+def test_malformed_set(override: str, fix: str) -> None:
+    exc = refused([override])
+    assert exc.field == "--set"
     assert fix in str(exc)
+
+
+def test_set_below_a_value_is_refused(tmp_path: Path) -> None:
+    f = write(tmp_path / "c.yaml", "name: x\n")
+    exc = refused(["name.sub=1"], f)
+    assert exc.field == "name"
+    assert "is a value, not a section" in str(exc)
 
 
 def test_set_creates_missing_sections() -> None:
@@ -297,7 +295,7 @@ def test_duplicate_top_level_key(tmp_path: Path) -> None:
 
 def test_alias_flood_is_refused(tmp_path: Path) -> None:
     lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
-    lines += [f"{c}: &{c} [{', '.join(['*' + p] * 10)}]" for p, c in zip("abcdefgh", "bcdefghi")]
+    lines += [f"{c}: &{c} [{', '.join(['*' + p] * 10)}]" for p, c in zip("abcdefghijk", "bcdefghijkl")]
     f = write(tmp_path / "laughs.yaml", "\n".join(lines) + "\n")
     exc = refused([], f)
     assert f"more than {MAX_ALIASES} aliases" in str(exc)
@@ -440,7 +438,7 @@ def test_recipe_accepts_edges(field: str, value: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["no", "false", "yes", 0, 1, None],
+    "value", ["no", "false", "maybe", None],
 )
 @pytest.mark.xfail(strict=True, reason="BUG: Recipe.__post_init__ never checks freeze_embeddings; any value is "
                                        "accepted and used for its truthiness (the string 'false' freezes)")

@@ -119,7 +119,22 @@ def test_best_checkpoint_loads_and_predicts(finished_search):
     out = model(**tok(["free prize call now"], return_tensors="pt")).logits
     assert out.shape == (1, 2)
     arts = {a.path for a in _client(result).list_artifacts(result.mlflow_run_id)}
-    assert {"best_checkpoint", "config.yaml", "space.yaml"} <= arts
+    assert {"config.yaml", "space.yaml", "best_config.yaml"} <= arts
+
+
+def test_best_model_registered_with_alias_and_predicts_label_names(finished_search):
+    import mlflow
+    import pandas as pd
+
+    result, cfg, _ = finished_search
+    client = _client(result)
+    version = client.get_model_version_by_alias(cfg.name, "best")
+    assert version.run_id == result.mlflow_run_id
+    assert len(client.search_model_versions(f"name = '{cfg.name}'")) == 1, "only the best is logged"
+    mlflow.set_tracking_uri(result.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.name}@best")
+    preds = model.predict(pd.DataFrame({"text": ["WINNER!! claim your free prize now", "see you at lunch"]}))
+    assert list(preds) and set(preds) <= {"ham", "spam"} and len(preds) == 2
 
 
 def test_result_json_and_dataframe(finished_search):

@@ -32,7 +32,7 @@ def conditions_hold(space: SearchSpace, name: str, cfg: dict[str, Any]) -> bool:
 
 def test_the_four_shipped_spaces() -> None:
     assert set(shipped_spaces()) == {"quickstart", "regularization", "text-classification", "ulmfit"}
-    assert SHIPPED == sorted(shipped_spaces())
+    assert sorted(shipped_spaces()) == SHIPPED
 
 
 def test_default_space_is_quickstart() -> None:

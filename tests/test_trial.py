@@ -109,7 +109,7 @@ def test_trial_reports_once_per_epoch(setup: Setup, tmp_path: Path) -> None:
     assert result.status == "completed" and result.reason == ""
     assert len(rep.reports) == 2
     for i, (metrics, cdir) in enumerate(rep.reports, start=1):
-        assert EPOCH_KEYS <= metrics.keys()
+        assert metrics.keys() >= EPOCH_KEYS
         assert metrics["epoch"] == i and metrics["epochs_total"] == 2
         assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["eval_loss"])
         assert 0 <= metrics["eval_accuracy"] <= 1 and 0 <= metrics["eval_f1"] <= 1
@@ -325,7 +325,7 @@ def test_unfreezing_schedule_per_epoch(setup: Setup, tmp_path: Path, schedule: s
     assert all(x <= y for x, y in zip(trainable, trainable[1:]))
     # Blocks wake up top down: a block that has not trained yet still holds pretrained weights.
     pretrained = load_file(str(setup.model_path / "model.safetensors"))
-    for epoch, n in enumerate(expected, start=1):
+    for epoch in range(1, len(expected) + 1):
         saved = weights(root / f"checkpoint-epoch-{epoch}")
         woken = max(expected[:epoch])
         for block in range(2):

@@ -1,0 +1,1 @@
+"""Serving the best checkpoint: an MLflow pyfunc model logged from code (no pickle)."""

@@ -81,7 +81,10 @@ def train(
 
     _err(f"training {plan.model_path.name} on {len(plan.text.train.texts)} examples, "
          f"{len(plan.text.validation.texts)} for validation; labels {plan.text.label_names}")
-    data = tokenize_for(plan)
+    try:
+        data = tokenize_for(plan)
+    except InputError as exc:
+        _fail(exc)
     resume_from = ckpt.latest_complete(output) if resume else None
     if resume and resume_from is None:
         _err(f"no complete checkpoint in {output}; starting from scratch")

@@ -158,8 +158,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+_UNION_TAGS = {"str", "int", "float", "bool", "none", "dict[str,any]", "list[str]"}
+
+
 def _field_of(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc if not str(p).startswith("function-")) or "config"
+    parts = [str(p) for p in loc if not str(p).startswith("function-")]
+    # pydantic names the union member it tried (space.str): the user wrote 'space'.
+    while len(parts) > 1 and parts[-1] in _UNION_TAGS:
+        parts.pop()
+    return ".".join(parts) or "config"
 
 
 def _section_model(path: tuple[Any, ...]) -> type[BaseModel] | None:

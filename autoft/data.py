@@ -289,6 +289,12 @@ def load_text_data(cfg: Any, seed: int) -> TextData:
     test = None
     if test_spec is not None:
         test = to_text_split(read_table(test_spec, "data.test", "test"), "data.test", *cols[:2], cols[2])
+    known = set(label_names)
+    for split, field in ((val, "data.validation"), (test, "data.test")):
+        unseen = sorted({str(v) for v in split.labels} - known) if split is not None else []
+        if unseen:
+            raise InputError(field, f"label(s) {unseen[:5]} do not occur in data.train",
+                             "fix the labels or add examples of them to the training split")
     train = _take(train, sample_indices(len(train.texts), cfg.max_train_samples, seed))
     val = _take(val, sample_indices(len(val.texts), cfg.max_eval_samples, seed + 1))
     if test is not None:

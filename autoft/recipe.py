@@ -80,6 +80,8 @@ class Recipe:
             isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1
         ):
             bad("dropout", "must be in [0, 1) or null", "use e.g. 0.1, or null to keep the model's")
+        if not isinstance(self.freeze_embeddings, bool):
+            bad("freeze_embeddings", "must be true or false", "write true or false")
         if self.unfreeze_schedule not in SCHEDULES:
             bad("unfreeze_schedule", f"must be one of {', '.join(SCHEDULES)}", "pick one of those")
         for name, low in (("num_frozen_layers", 0), ("unfreeze_every", 1), ("reinit_top_layers", 0),

@@ -32,6 +32,8 @@ SPEC_KEYS = {"float", "int", "choice", "value", "log", "step", "when"}
 TOP_KEYS = {"name", "description", "params", "fixed", "start_points"}
 BOUND_RE = re.compile(r"^\s*num_layers\s*(?:([-+])\s*(\d+))?\s*$")
 ABSENT = "n/a"  # logged for conditional params a trial did not sample
+DEPTH_KNOBS = ("num_frozen_layers", "reinit_top_layers")
+INT_KNOBS = ("num_frozen_layers", "unfreeze_every", "reinit_top_layers", "batch_size", "epochs", "seed")
 
 
 @dataclass(frozen=True)
@@ -66,11 +68,25 @@ class SearchSpace:
             low, high = _bound(p.low, num_layers, self.source, name), _bound(p.high, num_layers, self.source, name)
             q = ParamSpec(p.name, p.kind, low, high, p.log, p.step, p.choices, p.when)
             _check_range(q, self.source)
-            if name in ("num_frozen_layers", "reinit_top_layers") and q.high is not None and q.high > num_layers:
-                raise InputError(f"{self.source}: params.{name}", f"upper bound {q.high} exceeds the model's "
+            top = _upper(q)
+            if name in DEPTH_KNOBS and top is not None and top > num_layers:
+                raise InputError(f"{self.source}: params.{name}", f"upper bound {top} exceeds the model's "
                                  f"{num_layers} blocks", "use num_layers as the bound")
             out[name] = q
-        return SearchSpace(self.name, self.description, out, dict(self.fixed), list(self.start_points), self.source)
+        resolved = SearchSpace(self.name, self.description, out, dict(self.fixed), list(self.start_points), self.source)
+        # Re-initialising frozen blocks is meaningless: every sampled pair must fit the model.
+        frozen = resolved._max_of("num_frozen_layers")
+        reinit = resolved._max_of("reinit_top_layers")
+        if frozen + reinit > num_layers:
+            raise InputError(f"{self.source}: params.reinit_top_layers",
+                             f"up to {frozen} frozen + {reinit} re-initialised blocks exceed the model's {num_layers}",
+                             "lower one of the two upper bounds (e.g. num_frozen_layers up to num_layers - 2)")
+        return resolved
+
+    def _max_of(self, name: str) -> int:
+        if name in self.params:
+            return int(_upper(self.params[name]) or 0)
+        return int(self.fixed.get(name, 0) or 0)
 
     def distributions(self) -> dict[str, Any]:
         import optuna.distributions as od
@@ -128,6 +144,13 @@ def _suggest(trial: Any, name: str, p: ParamSpec) -> Any:
     return trial.suggest_categorical(name, list(p.choices))
 
 
+def _upper(p: ParamSpec) -> Any:
+    if p.kind == "choice":
+        nums = [c for c in p.choices if _is_num(c)]
+        return max(nums) if nums else None
+    return p.high
+
+
 def _bound(value: Any, num_layers: int, source: str, name: str) -> Any:
     if isinstance(value, str):
         m = BOUND_RE.match(value)
@@ -160,6 +183,8 @@ def _check_range(p: ParamSpec, source: str) -> None:
         raise InputError(f, f"log scale needs low > 0, got {low}", "raise low or drop log: true")
     if p.step is not None and (not _is_num(p.step) or p.step <= 0):
         raise InputError(f, f"step must be > 0, got {p.step!r}", "use a positive step or drop it")
+    if p.kind == "int" and p.step is not None and not float(p.step).is_integer():
+        raise InputError(f, f"an int step must be a whole number, got {p.step}", "use step: 1 or 2...")
     if p.step is not None and p.log:
         raise InputError(f, "step and log cannot both be set", "drop one of them")
 
@@ -181,6 +206,8 @@ def parse_param(name: str, raw: Any, source: str) -> ParamSpec | Any:
     kind = kinds[0]
     if kind == "value":
         return raw["value"]
+    if kind == "float" and name in INT_KNOBS:
+        raise InputError(f, f"{name} takes whole numbers", f"write {{int: [low, high]}} for {name}")
     when = raw.get("when") or {}
     if not isinstance(when, dict):
         raise InputError(f"{f}.when", "must map a parameter to allowed values", "write when: {unfreeze_schedule: [gradual]}")

@@ -235,6 +235,13 @@ def run_trial(
     result = TrialResult(status="completed", reason="", history=history, best=best)
     kept: list[tuple[float, Path]] = []
     tmp_root = Path(tempfile.mkdtemp(prefix="autoft-ckpt-")) if opts.checkpoint_dir is None else None
+    if resume_from is not None and opts.checkpoint_dir is not None:
+        kept = _existing_checkpoints(opts.checkpoint_dir, result.history, opts.metric)
+        result.last_checkpoint = Path(resume_from)
+        if kept:
+            kept = _prune_kept(kept, opts.keep_checkpoints, opts.mode, keep=kept[-1][1])
+        if result.best is not None:
+            result.best_checkpoint = next((p for v, p in kept if v == result.best[opts.metric]), None)
 
     try:
         for epoch in range(start_epoch, recipe.epochs):
@@ -293,6 +300,8 @@ def run_trial(
                 "train_samples_per_second": seen / max(train_seconds, 1e-9),
                 "autoft_status": "running",
             }
+            if epoch + 1 == recipe.epochs:
+                metrics["autoft_status"] = "completed"
             value = metrics[opts.metric]
             if result.best is None or _better(value, result.best[opts.metric], opts.mode):
                 result.best = dict(metrics)
@@ -309,8 +318,6 @@ def run_trial(
                 kept = _prune_kept(kept, opts.keep_checkpoints, opts.mode, keep=cdir)
                 best_val = result.best[opts.metric]
                 result.best_checkpoint = next((p for v, p in kept if v == best_val), result.best_checkpoint)
-            if epoch + 1 == recipe.epochs:
-                metrics["autoft_status"] = "completed"
             reporter.report(metrics, cdir)
             if tmp_root is not None:
                 shutil.rmtree(cdir, ignore_errors=True)
@@ -318,6 +325,16 @@ def run_trial(
         if tmp_root is not None:
             shutil.rmtree(tmp_root, ignore_errors=True)
     return result
+
+
+def _existing_checkpoints(root: Path, history: list[dict[str, Any]], metric: str) -> list[tuple[float, Path]]:
+    """(value, folder) of the complete checkpoints a resumed trial already wrote, oldest first."""
+    found = []
+    for h in history:
+        d = Path(root) / f"checkpoint-epoch-{h.get('epoch')}"
+        if metric in h and ckpt.is_complete(d):
+            found.append((h[metric], d))
+    return found
 
 
 def _prune_kept(kept: list[tuple[float, Path]], k: int, mode: str, keep: Path) -> list[tuple[float, Path]]:

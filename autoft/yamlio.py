@@ -3,6 +3,7 @@ size and alias limits, so a typo or a billion-laughs file is refused early."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,11 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.1 (PyYAML) reads 1e-5 as a string; YAML 1.2 and every user read it as a float.
+_FLOAT_12 = re.compile(r"""^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$""")
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+
+
 def load_yaml_text(text: str, source: str) -> Any:
     if len(text.encode("utf-8", "replace")) > MAX_YAML_BYTES:
         raise InputError(source, f"file is larger than {MAX_YAML_BYTES} bytes", "split or trim it")
@@ -63,6 +69,6 @@ def load_yaml_file(path: str | Path, field: str = "config") -> Any:
 def parse_scalar(text: str) -> Any:
     """Parse a ``--set`` value the way YAML would (numbers, bools, lists)."""
     try:
-        return yaml.safe_load(text) if text.strip() else ""
+        return yaml.load(text, Loader=_StrictLoader) if text.strip() else ""  # noqa: S506
     except yaml.YAMLError:
         return text

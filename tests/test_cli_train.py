@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 from typer.testing import CliRunner
 
 from autoft import checkpoint as ckpt
@@ -70,11 +69,6 @@ def test_resume_after_finished_run_exits_cleanly(tiny_overrides: list[str], tmp_
     assert ckpt.latest_complete(out) == out / "checkpoint-epoch-2"
 
 
-@pytest.mark.xfail(
-    reason="BUG: run_trial returns best_checkpoint=None and last_checkpoint=None when resumed "
-    "from a finished trial, so `autoft train --resume` prints null for both",
-    strict=True,
-)
 def test_resume_after_finished_run_reports_best_checkpoint(tiny_overrides: list[str],
                                                            tmp_path: Path) -> None:
     out = tmp_path / "out"
@@ -111,11 +105,6 @@ def test_bad_override_exits_2_with_one_line(tiny_overrides: list[str], tmp_path:
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.xfail(
-    reason="BUG: cli.train calls tokenize_for(plan) outside its `except InputError`, and only "
-    "prepare_data checks validation labels, so an unseen validation label is a traceback, not exit 2",
-    strict=True,
-)
 def test_unseen_validation_label_exits_2(tiny_overrides: list[str], tiny_data: dict[str, Path],
                                          tmp_path: Path) -> None:
     with open(tiny_data["validation"], encoding="utf-8", newline="") as fh:

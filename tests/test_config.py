@@ -121,15 +121,11 @@ def test_parse_scalar(text: str, value: Any) -> None:
     assert got == value and type(got) is type(value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: YAML 1.1 (PyYAML) reads 1e-5 (no dot) as the string '1e-5', "
-                                       "so --set params.learning_rate=1e-5 is refused as not a number")
 @pytest.mark.parametrize("text", ["1e-5", "2E-5", "5e+2"])
 def test_parse_scalar_exponent_without_dot(text: str) -> None:
     assert parse_scalar(text) == float(text)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: params.learning_rate=1e-5 stays a string and Recipe refuses it "
-                                       "('must be a finite number, got '1e-5'')")
 def test_learning_rate_in_exponent_notation() -> None:
     assert load_config(None, ["params.learning_rate=1e-5"]).base_recipe().learning_rate == 1e-5
 
@@ -212,8 +208,6 @@ def test_wrong_values_name_the_field(override: str, field: str) -> None:
     assert "(got " in str(exc)  # the bad value is repeated
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: for a union-typed field (space: str | dict | None) the error names "
-                                       "pydantic's union member, 'space.str', not the field 'space'")
 def test_wrong_type_for_space_names_the_field() -> None:
     assert refused(["space=5"]).field == "space"
 
@@ -440,14 +434,11 @@ def test_recipe_accepts_edges(field: str, value: Any) -> None:
 @pytest.mark.parametrize(
     "value", ["no", "false", "maybe", None],
 )
-@pytest.mark.xfail(strict=True, reason="BUG: Recipe.__post_init__ never checks freeze_embeddings; any value is "
-                                       "accepted and used for its truthiness (the string 'false' freezes)")
 def test_recipe_refuses_non_bool_freeze_embeddings(value: Any) -> None:
     with pytest.raises(InputError, match="freeze_embeddings"):
         Recipe(freeze_embeddings=value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --set params.freeze_embeddings=maybe is accepted (no bool check)")
 def test_set_non_bool_freeze_embeddings_is_refused() -> None:
     assert refused(["params.freeze_embeddings=maybe"]).field == "params.freeze_embeddings"
 

@@ -79,12 +79,7 @@ def test_shipped_space_samples_valid_recipes(name: str, num_layers: int) -> None
     [
         "quickstart",
         "regularization",
-        pytest.param("text-classification", marks=pytest.mark.xfail(
-            strict=True,
-            reason="BUG: search_spaces/text-classification.yaml samples num_frozen_layers up to num_layers and "
-                   "reinit_top_layers up to 2 independently; combinations with "
-                   "reinit_top_layers > num_layers - num_frozen_layers fail Recipe.check_against_model in "
-                   "run_trial, and SearchSpace.resolve() does not catch it")),
+        pytest.param("text-classification"),
         "ulmfit",
     ],
 )
@@ -186,7 +181,7 @@ def test_distributions_match_the_spec() -> None:
     assert isinstance(lr, optuna.distributions.FloatDistribution) and lr.log
     assert (lr.low, lr.high) == (1e-5, 5e-4)
     nfl = dists["num_frozen_layers"]
-    assert isinstance(nfl, optuna.distributions.IntDistribution) and (nfl.low, nfl.high) == (0, 6)
+    assert isinstance(nfl, optuna.distributions.IntDistribution) and (nfl.low, nfl.high) == (0, 4)  # num_layers - 2
     assert dists["batch_size"].choices == (16, 32)
 
 
@@ -255,8 +250,6 @@ def test_depth_bound_above_the_model_is_refused_at_resolve(spec: dict, num_layer
     assert f"{num_layers} blocks" in str(exc.value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: SearchSpace.resolve() checks the depth bound only for int ranges "
-                                       "(q.high), not for choice values of num_frozen_layers/reinit_top_layers")
 def test_depth_choice_above_the_model_is_refused_at_resolve() -> None:
     space = parse_space({"params": {"num_frozen_layers": {"choice": [0, 4]}}}, "space")
     with pytest.raises(InputError, match="num_frozen_layers"):
@@ -432,8 +425,6 @@ def test_malformed_shipped_style_file_names_the_file(tmp_path) -> None:
     assert exc.value.field == f"{f}: params.learning_rate"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: parse_param does not check the spec kind against the knob's type: "
-                                       "a float range on an int knob is accepted and every sample is invalid")
 def test_float_range_on_an_int_knob_is_refused() -> None:
     raw = {"params": {"num_frozen_layers": {"float": [0, 2]}}}
     try:
@@ -445,8 +436,6 @@ def test_float_range_on_an_int_knob_is_refused() -> None:
         Recipe.from_dict(cfg)  # raises InputError: "must be an integer >= 0"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an int step that is not a whole number (0.5) passes parse_space; "
-                                       "int(step) == 0 then makes Optuna raise ValueError while sampling")
 def test_fractional_int_step_is_refused_at_parse() -> None:
     with pytest.raises(InputError, match="num_frozen_layers"):
         parse_space({"params": {"num_frozen_layers": {"int": [0, 2], "step": 0.5}}}, "space")

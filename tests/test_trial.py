@@ -240,22 +240,12 @@ def test_resume_of_finished_trial_trains_nothing(setup: Setup, tmp_path: Path) -
     assert again.best["epoch"] == first.best["epoch"]
 
 
-@pytest.mark.xfail(
-    reason="BUG: run_trial does not rebuild `kept`/best_checkpoint/last_checkpoint from the "
-    "checkpoints already on disk when it resumes, so they are None after resuming a finished trial",
-    strict=True,
-)
 def test_resume_of_finished_trial_keeps_its_checkpoints(setup: Setup, tmp_path: Path) -> None:
     first, again = finished_run(setup, tmp_path / "ckpt")
     assert again.last_checkpoint == first.last_checkpoint
     assert again.best_checkpoint == first.best_checkpoint
 
 
-@pytest.mark.xfail(
-    reason="BUG: run_trial starts `kept` empty on resume, so checkpoints written before the "
-    "interruption are never pruned and keep_checkpoints is not honoured across a resume",
-    strict=True,
-)
 def test_resume_prunes_like_uninterrupted_run(setup: Setup, tmp_path: Path) -> None:
     a, b = tmp_path / "A", tmp_path / "B"
     recipe = {"epochs": 4, "learning_rate": 3e-4, "metric": "eval_loss", "mode": "min", "keep": 1}
@@ -269,11 +259,6 @@ def test_resume_prunes_like_uninterrupted_run(setup: Setup, tmp_path: Path) -> N
     assert resumed.best_checkpoint.name == full.best_checkpoint.name
 
 
-@pytest.mark.xfail(
-    reason="BUG: the history in trainer_state.json is written before the last epoch's "
-    "autoft_status is set to 'completed', so a resumed finished trial ends on 'running'",
-    strict=True,
-)
 def test_resume_of_finished_trial_last_status_completed(setup: Setup, tmp_path: Path) -> None:
     _, again = finished_run(setup, tmp_path / "ckpt")
     assert again.history[-1]["autoft_status"] == "completed"

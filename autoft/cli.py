@@ -235,6 +235,16 @@ def ui(
         raise typer.Exit(0) from None
 
 
+def _register_features() -> None:
+    from autoft import cli_cluster, cli_report
+
+    cli_cluster.register(app)
+    cli_report.register(app)
+
+
+_register_features()
+
+
 def main() -> None:
     app()
 

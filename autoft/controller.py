@@ -179,7 +179,8 @@ def run_search(cfg: ExperimentConfig, echo: Any = print, plan: SearchPlan | None
     setup = {"base_recipe": plan.base_recipe.to_dict(), "model_path": str(plan.model_path),
              "options": {"device": cfg.train.device, "precision": cfg.train.precision,
                          "eval_batch_size": cfg.train.eval_batch_size, "threads": threads,
-                         "trust_remote_code": cfg.model.trust_remote_code, "metric": metric, "mode": mode}}
+                         "trust_remote_code": cfg.model.trust_remote_code, "metric": metric, "mode": mode,
+                         "cache_frozen": cfg.train.cache_frozen, "cache_dir": storage / "prefix-cache"}}
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, data=data, setup=setup),
         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial})

@@ -208,6 +208,51 @@ def fingerprint(*parts: Any) -> str:
 # --------------------------------------------------------------------------- batching
 
 
+def batch_indices(
+    split: TokenizedSplit,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    bucket: int = 50,
+    keep_order: bool = False,
+) -> list[np.ndarray]:
+    """Example indices of each batch.
+
+    Shuffled batches are length-bucketed: a random permutation is cut into
+    chunks of ``bucket`` batches, each chunk sorted by length, and the batches
+    shuffled again, so padding stays small without a fixed batch order.
+    Unshuffled batches are sorted by length (evaluation), unless ``keep_order``.
+    """
+    n = len(split)
+    lengths = split.lengths()
+    if shuffle:
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(n)
+        chunk = batch_size * bucket
+        parts = [order[i : i + chunk] for i in range(0, n, chunk)]
+        order = np.concatenate([p[np.argsort(lengths[p], kind="stable")] for p in parts]) if parts else order
+        groups = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+        return [groups[i] for i in rng.permutation(len(groups))]
+    order = np.arange(n) if keep_order else np.argsort(lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def collate(split: TokenizedSplit, idx: np.ndarray, pad_token_id: int) -> tuple[Any, Any, Any]:
+    """(input_ids, attention_mask, labels) tensors padded to this batch's longest sequence."""
+    import torch
+
+    lengths = split.lengths()
+    width = int(lengths[idx].max())
+    ids = np.full((len(idx), width), pad_token_id, dtype=np.int64)
+    mask = np.zeros((len(idx), width), dtype=np.int64)
+    for row, i in enumerate(idx):
+        seq = split.sequence(int(i))
+        ids[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(split.labels[idx])
+
+
 def batches(
     split: TokenizedSplit,
     batch_size: int,
@@ -216,39 +261,11 @@ def batches(
     shuffle: bool,
     seed: int = 0,
     bucket: int = 50,
+    keep_order: bool = False,
 ) -> Iterator[tuple[Any, Any, Any]]:
-    """Yield (input_ids, attention_mask, labels) tensors padded per batch.
-
-    Shuffled batches are length-bucketed: a random permutation is cut into
-    chunks of ``bucket`` batches, each chunk sorted by length, and the batches
-    shuffled again, so padding stays small without a fixed batch order.
-    """
-    import torch
-
-    n = len(split)
-    lengths = split.lengths()
-    if shuffle:
-        rng = np.random.default_rng(seed)
-        order = rng.permutation(n)
-        chunk = batch_size * bucket
-        parts = [order[i : i + chunk] for i in range(0, n, chunk)]
-        order = np.concatenate([p[np.argsort(lengths[p], kind="stable")] for p in parts])
-        groups = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-        groups = [groups[i] for i in rng.permutation(len(groups))]
-    else:
-        order = np.argsort(lengths, kind="stable")
-        groups = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    for idx in groups:
-        width = int(lengths[idx].max())
-        ids = np.full((len(idx), width), pad_token_id, dtype=np.int64)
-        mask = np.zeros((len(idx), width), dtype=np.int64)
-        for row, i in enumerate(idx):
-            seq = split.sequence(int(i))
-            ids[row, : len(seq)] = seq
-            mask[row, : len(seq)] = 1
-        yield torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(split.labels[idx])
-
-
+    """Yield (input_ids, attention_mask, labels) tensors padded per batch (see batch_indices)."""
+    for idx in batch_indices(split, batch_size, shuffle=shuffle, seed=seed, bucket=bucket, keep_order=keep_order):
+        yield collate(split, idx, pad_token_id)
 # --------------------------------------------------------------------------- from config
 
 

@@ -6,6 +6,7 @@ the CLI prints and the search controller forwards to ``ray.tune.report``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import tempfile
@@ -19,8 +20,9 @@ import torch
 from torch import nn
 
 from autoft import checkpoint as ckpt
-from autoft.data import PreparedData, TokenizedSplit, batches
-from autoft.freezing import plan_for_epoch
+from autoft import prefix_cache
+from autoft.data import PreparedData, TokenizedSplit, batch_indices, collate
+from autoft.freezing import never_trained_prefix, plan_for_epoch
 from autoft.layers import ModelLayout, find_layout
 from autoft.optim import build_param_groups
 from autoft.recipe import Recipe
@@ -43,6 +45,8 @@ class RunOptions:
     trust_remote_code: bool = False
     metric: str = "eval_f1"
     mode: str = "max"
+    cache_frozen: bool = True  # reuse outputs of the never-trained prefix (prefix_cache)
+    cache_dir: Path | None = None  # shared cache folder; None = the system temp folder
 
 
 @dataclass
@@ -142,14 +146,19 @@ def ever_trainable(model: nn.Module, layout: ModelLayout, recipe: Recipe) -> lis
 
 
 def evaluate(model: nn.Module, split: TokenizedSplit, batch_size: int, pad_id: int,
-             device: torch.device, amp: torch.dtype | None) -> dict[str, float]:
+             device: torch.device, amp: torch.dtype | None,
+             cache: tuple[Any, prefix_cache.CachedSplit] | None = None) -> dict[str, float]:
+    """Loss, accuracy and macro-F1; ``cache`` = (installed stand-in, cached split)."""
     from sklearn.metrics import f1_score
 
     was_training = model.training
     model.eval()
     total_loss, preds, golds = 0.0, [], []
     with torch.inference_mode():
-        for ids, mask, labels in batches(split, batch_size, pad_id, shuffle=False):
+        for idx in batch_indices(split, batch_size, shuffle=False):
+            ids, mask, labels = collate(split, idx, pad_id)
+            if cache is not None:
+                cache[0].current = cache[1].batch(idx, ids.shape[1]).to(device)
             ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits = model(input_ids=ids, attention_mask=mask).logits
@@ -164,6 +173,37 @@ def evaluate(model: nn.Module, split: TokenizedSplit, batch_size: int, pad_id: i
         "eval_accuracy": float((y_pred == y_true).mean()),
         "eval_f1": float(f1_score(y_true, y_pred, average="macro")),
     }
+
+
+def _prefix_cache(recipe: Recipe, model: nn.Module, layout: ModelLayout, data: PreparedData,
+                  model_path: Path, device: torch.device, opts: RunOptions) -> tuple[int, dict[str, Any]]:
+    if not opts.cache_frozen or not prefix_cache.supports_cache(model):
+        return 0, {}
+    # Re-initialised blocks are not pretrained: the cache may only cover blocks below them.
+    depth = min(never_trained_prefix(recipe, layout.num_layers), layout.num_layers - recipe.reinit_top_layers)
+    if depth <= 0:
+        return 0, {}
+    root = opts.cache_dir or Path(tempfile.gettempdir()) / "autoft-prefix-cache"
+    folder = root / prefix_cache.cache_key(model_path, data.fingerprint)
+    splits = {"train": data.train, "validation": data.validation}
+    cached = prefix_cache.load_or_build(model, splits, data.pad_token_id, depth, folder, device)
+    if not prefix_cache.check_exact(model, layout, depth, data.validation, cached["validation"],
+                                    data.pad_token_id, device):
+        import warnings
+
+        warnings.warn(f"frozen-prefix cache is not exact for {type(model).__name__}; training without it",
+                      stacklevel=2)
+        return 0, {}
+    return depth, cached
+
+
+@contextlib.contextmanager
+def _maybe_installed(model: nn.Module, layout: ModelLayout, depth: int) -> Any:
+    if depth <= 0:
+        yield None
+        return
+    with prefix_cache.installed(model, layout, depth) as stand_in:
+        yield stand_in
 
 
 def _better(a: float, b: float, mode: str) -> bool:
@@ -203,6 +243,9 @@ def run_trial(
     if recipe.reinit_top_layers:
         reinit_top_blocks(model, layout, recipe.reinit_top_layers)
     model.to(device)
+
+    # Outputs of the never-trained prefix are computed once and reused (prefix_cache).
+    depth, cached = _prefix_cache(recipe, model, layout, data, model_path, device, opts)
 
     # 2. Optimizer over what ever trains; L2-SP anchors for the body.
     params = ever_trainable(model, layout, recipe)
@@ -251,31 +294,33 @@ def run_trial(
             t0 = time.perf_counter()
             loss_sum, seen = 0.0, 0
             diverged = ""
-            for step, (ids, mask, labels) in enumerate(
-                batches(data.train, recipe.batch_size, data.pad_token_id, shuffle=True,
-                        seed=recipe.seed * 1000 + epoch)
-            ):
-                ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
-                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    logits = model(input_ids=ids, attention_mask=mask).logits
-                loss = loss_fn(logits.float(), labels)
-                if anchors:
-                    loss = loss + 0.5 * recipe.l2sp_alpha * sum(
-                        ((p - p0) ** 2).sum() for p, p0 in anchors if p.requires_grad)
-                if not torch.isfinite(loss):
-                    diverged = f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}"
-                    break
-                scaler.scale(loss).backward()
-                if recipe.max_grad_norm > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(
-                        [p for p in model.parameters() if p.requires_grad], recipe.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                loss_sum += loss.item() * len(labels)
-                seen += len(labels)
+            with _maybe_installed(model, layout, depth) as stand_in:
+                for step, idx in enumerate(batch_indices(data.train, recipe.batch_size, shuffle=True,
+                                                         seed=recipe.seed * 1000 + epoch)):
+                    ids, mask, labels = collate(data.train, idx, data.pad_token_id)
+                    if stand_in is not None:
+                        stand_in.current = cached["train"].batch(idx, ids.shape[1]).to(device)
+                    ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                        logits = model(input_ids=ids, attention_mask=mask).logits
+                    loss = loss_fn(logits.float(), labels)
+                    if anchors:
+                        loss = loss + 0.5 * recipe.l2sp_alpha * sum(
+                            ((p - p0) ** 2).sum() for p, p0 in anchors if p.requires_grad)
+                    if not torch.isfinite(loss):
+                        diverged = f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}"
+                        break
+                    scaler.scale(loss).backward()
+                    if recipe.max_grad_norm > 0:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(
+                            [p for p in model.parameters() if p.requires_grad], recipe.max_grad_norm)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss_sum += loss.item() * len(labels)
+                    seen += len(labels)
             train_seconds = time.perf_counter() - t0
             if diverged:
                 result.status, result.reason = "diverged", diverged
@@ -285,7 +330,9 @@ def run_trial(
                 result.history.append(metrics)
                 reporter.report(metrics, None)
                 break
-            ev = evaluate(model, data.validation, opts.eval_batch_size, data.pad_token_id, device, amp)
+            with _maybe_installed(model, layout, depth) as stand_in:
+                ev = evaluate(model, data.validation, opts.eval_batch_size, data.pad_token_id, device, amp,
+                              (stand_in, cached["validation"]) if stand_in is not None else None)
             metrics = {
                 "epoch": epoch + 1,
                 "epochs_total": recipe.epochs,
@@ -298,6 +345,7 @@ def run_trial(
                 "train_seconds": train_seconds,
                 "train_samples": seen,
                 "train_samples_per_second": seen / max(train_seconds, 1e-9),
+                "cached_prefix_depth": depth,
                 "autoft_status": "running",
             }
             if epoch + 1 == recipe.epochs:

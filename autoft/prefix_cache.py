@@ -1,0 +1,166 @@
+"""Frozen-prefix activation cache (AutoFreeze, Liu et al. 2021; Hippo, PVLDB 2022).
+
+When the embeddings and the bottom ``k`` blocks stay frozen for a whole trial,
+their output for each example never changes: compute it once (eval mode, fp32,
+so it is exact) and train only blocks ``k..L-1`` and the head from it.
+
+Generic over architectures without per-model forward code: while the cache is
+*installed*, the base model's ``embeddings`` module is swapped for one that
+returns the cached hidden states of the current batch, and the block list is
+sliced to ``blocks[k:]``; the model's own forward then does everything else
+(attention masks, pooler, head). A self-check against the uncached model on a
+few examples turns the cache off for any architecture where that is not exact.
+
+One pass with ``output_hidden_states`` serves every depth; depths are stored
+as ``.npy`` files (memory-mapped when read) under a folder keyed by model,
+data and tokenization, built once per folder under a file lock, so
+concurrent trials and later searches on the same data share it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoft.data import TokenizedSplit, batches
+from autoft.layers import ModelLayout
+
+
+@dataclass
+class CachedSplit:
+    hidden: np.ndarray  # float32 [total_tokens, hidden]; rows follow the split's offsets
+    offsets: np.ndarray
+
+    def batch(self, idx: np.ndarray, width: int) -> torch.Tensor:
+        out = np.zeros((len(idx), width, self.hidden.shape[1]), dtype=np.float32)
+        for row, i in enumerate(idx):
+            a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+            out[row, : b - a] = self.hidden[a:b]
+        return torch.from_numpy(out)
+
+
+class _CachedEmbeddings(nn.Module):
+    """Stands in for the embeddings module: returns the cached prefix output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.current: torch.Tensor | None = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        assert self.current is not None, "no cached batch set"
+        return self.current
+
+
+def supports_cache(model: nn.Module) -> bool:
+    """Needs one embeddings module to stand in for (GPT-2's wte + wpe has none)."""
+    base = getattr(model, "base_model", model)
+    return isinstance(getattr(base, "embeddings", None), nn.Module)
+
+
+@contextlib.contextmanager
+def installed(model: nn.Module, layout: ModelLayout, depth: int) -> Iterator[_CachedEmbeddings]:
+    """Swap in the cache: embeddings -> cached output, blocks -> blocks[depth:]."""
+    base = getattr(model, "base_model", model)
+    original_emb = base.embeddings
+    parent_name, _, attr = layout.blocks_name.rpartition(".")
+    parent = base.get_submodule(parent_name) if parent_name else base
+    original_blocks = getattr(parent, attr)
+    stand_in = _CachedEmbeddings()
+    base.embeddings = stand_in
+    setattr(parent, attr, nn.ModuleList(list(original_blocks)[depth:]))
+    try:
+        yield stand_in
+    finally:
+        base.embeddings = original_emb
+        setattr(parent, attr, original_blocks)
+
+
+def cache_key(model_path: Path, fingerprint: str) -> str:
+    st = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in sorted(Path(model_path).glob("*.safetensors"))]
+    import hashlib
+
+    return hashlib.sha256(json.dumps([str(model_path), st, fingerprint]).encode()).hexdigest()[:16]
+
+
+def _build(model: nn.Module, splits: dict[str, TokenizedSplit], pad_id: int, out: Path,
+           batch_size: int, device: torch.device) -> None:
+    """One eval pass with all hidden states; writes depth_{k}_{split}.npy for k = 1..L."""
+    was_training = model.training
+    model.eval()
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        for name, split in splits.items():
+            total = int(split.offsets[-1])
+            writers: dict[int, np.ndarray] = {}
+            base = getattr(model, "base_model", model)
+            with torch.inference_mode():
+                start = 0
+                order = np.arange(len(split))
+                for i in range(0, len(split), batch_size):
+                    idx = order[i : i + batch_size]
+                    sub = split.subset(idx)
+                    ids, mask, _ = next(batches(sub, len(idx), pad_id, shuffle=False, keep_order=True))
+                    hs = base(input_ids=ids.to(device), attention_mask=mask.to(device),
+                              output_hidden_states=True).hidden_states
+                    if not writers:
+                        hidden = hs[0].shape[-1]
+                        writers = {k: np.lib.format.open_memmap(tmp / f"depth_{k}_{name}.npy", mode="w+",
+                                                                dtype=np.float32, shape=(total, hidden))
+                                   for k in range(1, len(hs))}
+                    lengths = sub.lengths()
+                    for k, arr in writers.items():
+                        h = hs[k].float().cpu().numpy()
+                        pos = start
+                        for row, n in enumerate(lengths):
+                            arr[pos : pos + n] = h[row, :n]
+                            pos += n
+                    start += int(lengths.sum())
+            for arr in writers.values():
+                arr.flush()
+        (tmp / "complete.json").write_text(json.dumps({"depths": sorted(writers)}))
+        os.replace(tmp, out)
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.train(was_training)
+
+
+def load_or_build(model: nn.Module, splits: dict[str, TokenizedSplit], pad_id: int, depth: int,
+                  folder: Path, device: torch.device, batch_size: int = 64) -> dict[str, CachedSplit]:
+    from filelock import FileLock
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / "complete.json").is_file():
+            _build(model, splits, pad_id, folder, batch_size, device)
+    return {name: CachedSplit(np.load(folder / f"depth_{depth}_{name}.npy", mmap_mode="r"), split.offsets)
+            for name, split in splits.items()}
+
+
+def check_exact(model: nn.Module, layout: ModelLayout, depth: int, split: TokenizedSplit,
+                cached: CachedSplit, pad_id: int, device: torch.device, atol: float = 1e-4) -> bool:
+    """Does the cached path give the uncached model's logits on a few examples?"""
+    n = min(8, len(split))
+    idx = np.arange(n)
+    sub = split.subset(idx)
+    ids, mask, _ = next(batches(sub, n, pad_id, shuffle=False, keep_order=True))
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        full = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        with installed(model, layout, depth) as emb:
+            emb.current = cached.batch(idx, ids.shape[1]).to(device)
+            fast = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+    model.train(was_training)
+    return bool(torch.allclose(full, fast, atol=atol, rtol=1e-4))

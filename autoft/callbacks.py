@@ -1,16 +1,23 @@
-"""Ray Tune callbacks that run in the driver: MLflow logging and the live status line."""
+"""Ray Tune callbacks that run in the driver: MLflow logging, disk janitor, trial
+timeouts and the live status line.
+
+Trials are keyed by their Optuna trial number (carried in the trial config), not by
+Ray's trial id, so a resumed search that re-creates a lost Ray trial for the same
+Optuna trial continues the same MLflow run.
+"""
 
 from __future__ import annotations
 
+import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
 from autoft.outcome import classify
-from autoft.pruning import PruneAwareOptunaSearch
 from autoft.recipe import RECIPE_FIELDS
-from autoft.space import SearchSpace
+from autoft.space import TRIAL_NUMBER_KEY, SearchSpace
 from autoft.tracking import TRIAL_METRICS, SearchTracker, aligned_params, trial_run_name
 
 
@@ -25,65 +32,104 @@ def _error_text(trial: Any) -> str:
     return str(getattr(trial, "error_msg", "") or "trial raised an error")
 
 
+def trial_number(trial: Any) -> int:
+    return int(trial.config.get(TRIAL_NUMBER_KEY, -1))
+
+
 class TrialLog:
-    """What the driver learned about each trial, keyed by Ray trial id."""
+    """What the driver knows about each trial, keyed by Optuna trial number."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, dict[str, Any]] = {}
+        self.rows: dict[int, dict[str, Any]] = {}
 
-    def row(self, trial_id: str) -> dict[str, Any]:
-        return self.rows.setdefault(trial_id, {"trial_id": trial_id, "status": "running", "history": []})
+    def row(self, number: int) -> dict[str, Any]:
+        return self.rows.setdefault(number, {"number": number, "status": "running", "history": []})
+
+    def load_finished_from_mlflow(self, tracker: SearchTracker, space: SearchSpace, metric: str) -> None:
+        """A resumed search starts with the trials that ended before the interruption."""
+        client = tracker.client
+        for key, run_id in tracker.trial_runs.items():
+            run = client.get_run(run_id)
+            status = run.data.tags.get("autoft.status", "")
+            if status not in ("completed", "pruned", "failed"):
+                continue
+            history: dict[int, dict[str, Any]] = {}
+            for name in (metric, "epoch_seconds", "train_samples"):
+                for m in client.get_metric_history(run_id, name):
+                    history.setdefault(m.step, {"epoch": m.step})[name] = m.value
+            params = {k: _parse(v) for k, v in run.data.params.items() if k in RECIPE_FIELDS}
+            self.rows[int(key)] = {
+                "number": int(key), "trial_id": run.data.tags.get("autoft.ray_trial_id"), "status": status,
+                "reason": run.data.tags.get("autoft.reason", ""), "epochs": int(run.data.tags.get("autoft.last_epoch", 0)),
+                "best": run.data.metrics.get(f"best_{metric}"), "wall_seconds": run.data.metrics.get("wall_seconds"),
+                "params": {k: v for k, v in params.items() if k in space.params and v != "n/a"},
+                "recipe": {k: v for k, v in params.items() if v != "n/a"}, "run_id": run_id,
+                "history": [history[s] for s in sorted(history)],
+            }
+
+
+def _parse(v: str) -> Any:
+    if v in ("True", "False"):
+        return v == "True"
+    if v == "None":
+        return None
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
 
 
 class MlflowTrialCallback(Callback):
-    def __init__(self, tracker: SearchTracker, searcher: PruneAwareOptunaSearch, space: SearchSpace,
-                 base_recipe: dict[str, Any], static_params: dict[str, Any], search_id: str,
-                 log: TrialLog) -> None:
+    def __init__(self, tracker: SearchTracker, space: SearchSpace, base_recipe: dict[str, Any],
+                 static_params: dict[str, Any], search_id: str, metric: str, mode: str, log: TrialLog) -> None:
         self.tracker = tracker
-        self.searcher = searcher
         self.space = space
         self.base_recipe = base_recipe
         self.static_params = static_params
         self.search_id = search_id
+        self.metric, self.mode = metric, mode
         self.log = log
-        self._started: dict[str, float] = {}
+        self._started: dict[int, float] = {}
+        self.reasons: dict[str, str] = {}  # ray trial id -> why the driver ended it (timeouts)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        number = trial_number(trial)
         sampled = {k: v for k, v in trial.config.items() if k in self.space.params}
         recipe = {**self.base_recipe, **{k: v for k, v in trial.config.items() if k in RECIPE_FIELDS}}
-        number = self.searcher.optuna_number(trial.trial_id)
-        number = len(self.log.rows) if number is None else number
         params = {**aligned_params(self.space, sampled, recipe), **self.static_params}
-        self.tracker.start_trial(
-            trial.trial_id, trial_run_name(number, recipe), params,
+        run_id = self.tracker.start_trial(
+            str(number), trial_run_name(number, recipe), params,
             {"autoft.search_id": self.search_id, "autoft.ray_trial_id": trial.trial_id,
              "autoft.optuna_trial": str(number)})
-        self._started.setdefault(trial.trial_id, time.time())
-        row = self.log.row(trial.trial_id)
-        row.update(number=number, params=sampled, recipe=recipe,
-                   run_id=self.tracker.trial_runs[trial.trial_id])
+        self._started.setdefault(number, time.time())
+        row = self.log.row(number)
+        row.update(trial_id=trial.trial_id, params=sampled, recipe=recipe, run_id=run_id, status="running")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        number = trial_number(trial)
         epoch = int(result.get("epoch") or result.get("training_iteration") or 0)
         metrics = {k: result[k] for k in TRIAL_METRICS if isinstance(result.get(k), (int, float))}
-        run_id = self.tracker.trial_runs.get(trial.trial_id)
+        run_id = self.tracker.trial_runs.get(str(number))
         if run_id and metrics:
             self.tracker.log_metrics(run_id, metrics, step=epoch)
-        self.log.row(trial.trial_id)["history"].append({"epoch": epoch, **metrics})
+        history = self.log.row(number)["history"]
+        # A resumed trial repeats the epochs after its last checkpoint: keep the newest.
+        history[:] = [h for h in history if h["epoch"] != epoch] + [{"epoch": epoch, **metrics}]
 
     def _finish(self, trial: Any, error: bool) -> None:
-        outcome = classify(trial.last_result, error, _error_text(trial) if error else "")
-        row = self.log.row(trial.trial_id)
-        metric = self.searcher.metric
-        values = [h[metric] for h in row["history"] if metric in h]
+        number = trial_number(trial)
+        text = self.reasons.get(trial.trial_id) or (_error_text(trial) if error else "")
+        outcome = classify(trial.last_result, error, text)
+        row = self.log.row(number)
+        values = [h[self.metric] for h in row["history"] if self.metric in h]
         best = None
-        summary: dict[str, float] = {"wall_seconds": time.time() - self._started.get(trial.trial_id, time.time())}
+        summary: dict[str, float] = {"wall_seconds": time.time() - self._started.get(number, time.time())}
         if values and outcome.status != "failed":
-            pick = max if self.searcher.mode == "max" else min
-            best = pick(values)
-            summary[f"best_{metric}"] = best
-            summary["best_epoch"] = next(h["epoch"] for h in row["history"] if h.get(metric) == best)
-        self.tracker.end_trial(trial.trial_id, outcome.status, outcome.reason, outcome.epoch, summary)
+            best = (max if self.mode == "max" else min)(values)
+            summary[f"best_{self.metric}"] = best
+            summary["best_epoch"] = next(h["epoch"] for h in row["history"] if h.get(self.metric) == best)
+        self.tracker.end_trial(str(number), outcome.status, outcome.reason, outcome.epoch, summary)
         row.update(status=outcome.status, reason=outcome.reason, epochs=outcome.epoch, best=best,
                    wall_seconds=summary["wall_seconds"])
 
@@ -92,6 +138,57 @@ class MlflowTrialCallback(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, error=True)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Ray retries the trial from its last checkpoint (search.max_failures): say why."""
+        number = trial_number(trial)
+        reason = self.reasons.pop(trial.trial_id, "") or classify(None, True, _error_text(trial)).reason
+        row = self.log.row(number)
+        row["retries"] = row.get("retries", 0) + 1
+        run_id = self.tracker.trial_runs.get(str(number))
+        if run_id:
+            self.tracker.set_tags(run_id, {"autoft.retries": row["retries"], "autoft.last_error": reason})
+
+
+class PrunedCheckpointJanitor(Callback):
+    """A pruned trial never resumes: free its checkpoints at once (bounded disk)."""
+
+    def __init__(self, log: TrialLog, search_dir: Path) -> None:
+        self.log, self.search_dir = log, search_dir
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.log.row(trial_number(trial)).get("status") == "pruned":
+            for ckpt in (self.search_dir / f"trial_{trial.trial_id}").glob("checkpoint_*"):
+                shutil.rmtree(ckpt, ignore_errors=True)
+
+
+class TrialTimeout(Callback):
+    """Ends a trial that runs longer than ``timeout_s``, even one that hangs and
+    never reports: the driver kills its actor, and Ray records the trial as errored."""
+
+    def __init__(self, timeout_s: float, mlflow_cb: MlflowTrialCallback) -> None:
+        self.timeout_s = timeout_s
+        self.mlflow_cb = mlflow_cb
+        self._started: dict[str, float] = {}
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._started[trial.trial_id] = time.time()
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._started[trial.trial_id] = time.time()  # each attempt gets the full timeout
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        import ray
+
+        now = time.time()
+        for trial in trials:
+            started = self._started.get(trial.trial_id)
+            if trial.status != "RUNNING" or started is None or now - started < self.timeout_s:
+                continue
+            actor = getattr(getattr(trial, "temporary_state", None), "ray_actor", None)
+            if actor is not None and trial.trial_id not in self.mlflow_cb.reasons:
+                self.mlflow_cb.reasons[trial.trial_id] = f"timed out after {self.timeout_s:g}s (search.trial_timeout_s)"
+                ray.kill(actor, no_restart=True)
 
 
 class StatusLineCallback(Callback):
@@ -105,9 +202,9 @@ class StatusLineCallback(Callback):
         counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("running", "completed", "pruned", "failed")}
         bests = [r["best"] for r in rows if r.get("best") is not None]
         best = (max if self.mode == "max" else min)(bests) if bests else None
-        row = self.log.rows.get(trial.trial_id, {})
+        row = self.log.rows.get(trial_number(trial), {})
         what = row.get("status", "?")
-        detail = f"{self.metric}={row['best']:.4f}" if row.get("best") is not None else row.get("reason", "")
+        detail = f"{self.metric}={row['best']:.4f}" if row.get("best") is not None else row.get("reason", "")[:60]
         self.echo(
             f"[t{row.get('number', '?'):>02}] {what:<9} {detail:<28} | done {len(rows) - counts['running']}/{self.total}"
             f"  completed {counts['completed']} pruned {counts['pruned']} failed {counts['failed']}"

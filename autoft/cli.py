@@ -117,6 +117,25 @@ def _label_counts(labels: Any) -> list[int]:
     return np.bincount(labels).tolist()
 
 
+def _print_result(result: Any, mode: str, json_out: bool) -> None:
+    from autoft.leaderboard import print_leaderboard
+
+    print_leaderboard(result.trials, result.metric, mode, to_stderr=True)
+    _err(f"best {result.metric}: {result.best_value}  (trials {result.n_trials}: {result.n_completed} completed, "
+         f"{result.n_pruned} pruned, {result.n_failed} failed; {result.wall_seconds:.0f}s)")
+    if result.test_metrics:
+        _err("test split, best checkpoint: " + ", ".join(f"{k.replace('eval_', 'test_')} {v:.4f}"
+                                                        for k, v in result.test_metrics.items()))
+    _err(f"best checkpoint: {result.best_checkpoint}")
+    if result.model:
+        _err(f"registered model: {result.model['alias_uri']}  (mlflow.pyfunc.load_model(...).predict(df))")
+    _err(f"MLflow: {result.tracking_uri}  experiment {result.mlflow_experiment_id}, run {result.mlflow_run_id}")
+    if result.tracking_uri.startswith("sqlite:"):
+        _err(f"  view: mlflow ui --backend-store-uri {result.tracking_uri}   (or: autoft ui)")
+    if json_out:
+        typer.echo(json.dumps(result.to_dict(), default=str))
+
+
 @app.command()
 def search(
     config: ConfigArg = None,
@@ -142,25 +161,34 @@ def search(
     except InputError as exc:
         _fail(exc)
     from autoft.controller import run_search
-    from autoft.leaderboard import print_leaderboard
 
     try:
         result = run_search(cfg, echo=_err, plan=plan)
     except KeyboardInterrupt:
         _err("interrupted: open trial runs were closed as KILLED")
         raise typer.Exit(130) from None
-    print_leaderboard(result.trials, result.metric, cfg.search.mode, to_stderr=True)
-    _err(f"best {result.metric}: {result.best_value}  (trials {result.n_trials}: {result.n_completed} completed, "
-         f"{result.n_pruned} pruned, {result.n_failed} failed; {result.wall_seconds:.0f}s)")
-    if result.test_metrics:
-        _err("test split, best checkpoint: " + ", ".join(f"{k.replace('eval_', 'test_')} {v:.4f}"
-                                                        for k, v in result.test_metrics.items()))
-    _err(f"best checkpoint: {result.best_checkpoint}")
-    _err(f"MLflow: {result.tracking_uri}  experiment {result.mlflow_experiment_id}, run {result.mlflow_run_id}")
-    if result.tracking_uri.startswith("sqlite:"):
-        _err(f"  view: mlflow ui --backend-store-uri {result.tracking_uri}   (or: autoft ui)")
-    if json_out:
-        typer.echo(json.dumps(result.to_dict(), default=str))
+    _print_result(result, cfg.search.mode, json_out)
+
+
+@app.command()
+def resume(
+    target: Annotated[str, typer.Argument(metavar="NAME_OR_PATH", help="Search id, search name (its newest search) or search folder.")],
+    storage: Annotated[str, typer.Option("--storage", help="Storage folder the search was run with.")] = "autoft-runs",
+    restart_errored: Annotated[bool, typer.Option("--restart-errored", help="Start errored trials over instead of resuming them from their last checkpoint.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Continue an interrupted search (Ctrl-C, killed driver): nothing lost, nothing run twice."""
+    _quiet_libraries()
+    from autoft.controller import resume_search
+
+    try:
+        result = resume_search(target, storage, echo=_err, restart_errored=restart_errored)
+    except InputError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        _err("interrupted: open trial runs were closed as KILLED; `autoft resume` continues again")
+        raise typer.Exit(130) from None
+    _print_result(result, result.mode, json_out)
 
 
 @app.command()

@@ -41,6 +41,15 @@ class DataConfig(_Section):
     max_eval_samples: int | None = Field(None, ge=1)
     validation_fraction: float = Field(0.1, gt=0, lt=1, description="held-out share when no validation split")
 
+    @field_validator("name")
+    @classmethod
+    def _builtin(cls, v: str | None) -> str | None:
+        from autoft.data import BUILTIN_DATASETS
+
+        if v is not None and v not in BUILTIN_DATASETS:
+            raise ValueError(f"unknown built-in dataset; use one of: {', '.join(BUILTIN_DATASETS)}, or set data.train")
+        return v
+
 
 class TrainConfig(_Section):
     epochs: int = Field(3, ge=1, le=1000)

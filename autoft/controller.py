@@ -51,6 +51,7 @@ class SearchResult:
     n_failed: int
     wall_seconds: float
     metric: str
+    mode: str = "max"
     test_metrics: dict[str, float] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)  # registered model name, version, URIs
     trials: Any = None  # pandas.DataFrame
@@ -123,29 +124,100 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
         ray.init(num_cpus=num_cpus, **kwargs)
 
 
+STATE_FILE = "autoft_search.json"
+
+
+@dataclass
+class _Resume:
+    parent_run_id: str
+    restart_errored: bool
+
+
 def run_search(cfg: ExperimentConfig, echo: Any = print, plan: SearchPlan | None = None,
                search_id: str | None = None) -> SearchResult:
+    """Run a new search to the end; see :func:`resume_search` to continue one."""
+    return _run(cfg, echo, plan or plan_search(cfg), search_id or new_search_id(cfg.name), None)
+
+
+def find_search_dir(target: str, storage: str) -> Path:
+    """A search folder from a path, a search id, or a search name (its newest search)."""
+    p = Path(target).expanduser()
+    if (p / STATE_FILE).is_file():
+        return p.resolve()
+    if "/" in target or "\\" in target or target.startswith(".") or not target:
+        raise InputError("NAME_OR_PATH", f"'{target}' is not a search folder (no {STATE_FILE})",
+                         "give a search id, a search name, or the folder of a search")
+    root = Path(storage).expanduser().resolve()
+    if (root / target / STATE_FILE).is_file():
+        return root / target
+    matches = sorted(d for d in root.glob(f"{target}-*") if (d / STATE_FILE).is_file())
+    if not matches:
+        raise InputError("NAME_OR_PATH", f"no search '{target}' under {root}",
+                         "pass --storage, or a search id printed by `autoft search`")
+    return matches[-1]
+
+
+def resume_search(target: str, storage: str = "autoft-runs", echo: Any = print,
+                  restart_errored: bool = False, overrides: list[str] | None = None) -> SearchResult:
+    """Continue an interrupted search from its folder: Ray state, Optuna study, MLflow runs."""
+    from autoft.config import apply_overrides, validate_config
+
+    search_dir = find_search_dir(target, storage)
+    state = json.loads((search_dir / STATE_FILE).read_text())
+    raw = state["config"]
+    if overrides:
+        raw = apply_overrides(json.loads(json.dumps(raw)), overrides)
+    cfg = validate_config(raw, str(search_dir / STATE_FILE))
+    for key in ("search.metric", "search.mode", "space", "pruning.scheduler", "search.sampler"):
+        before, after = _dig(state["config"], key), _dig(config_to_dict(cfg), key)
+        if before != after:
+            raise InputError(key, f"changed from {before!r} to {after!r}; a resumed search keeps its objective and space",
+                             "start a new search to change it")
+    # The search continues where its files are, whatever the current folder is.
+    cfg = cfg.model_copy(update={"storage": str(search_dir.parent)})
+    plan = plan_search(cfg)
+    if json.loads(json.dumps(_space_dict(plan.space), default=str)) != state["space"]:
+        raise InputError("space", f"the space '{plan.space.name}' changed since the search started",
+                         "restore the space file, or start a new search")
+    if not (search_dir / "tuner.pkl").is_file():
+        raise InputError("NAME_OR_PATH", f"{search_dir} has no Ray state to resume", "start a new search")
+    return _run(cfg, echo, plan, state["search_id"], _Resume(state["parent_run_id"], restart_errored))
+
+
+def _dig(d: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None  # type: ignore[assignment]
+    return d
+
+
+def _run(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: str, resume: _Resume | None) -> SearchResult:
     import pandas as pd
 
     t_start = time.time()
-    plan = plan or plan_search(cfg)
-    search_id = search_id or new_search_id(cfg.name)
     storage = Path(cfg.storage).expanduser().resolve()
     storage.mkdir(parents=True, exist_ok=True)
     search_dir = storage / search_id
     metric, mode = cfg.search.metric, cfg.search.mode
 
-    echo(f"search {search_id}: {cfg.search.num_trials} trials, space '{plan.space.name}', "
-         f"model {plan.model_path.name} ({plan.num_layers} blocks), {len(plan.text.train.texts)} train / "
-         f"{len(plan.text.validation.texts)} validation examples")
+    echo(f"{'resuming' if resume else 'search'} {search_id}: {cfg.search.num_trials} trials, space "
+         f"'{plan.space.name}', model {plan.model_path.name} ({plan.num_layers} blocks), "
+         f"{len(plan.text.train.texts)} train / {len(plan.text.validation.texts)} validation examples")
     data = tokenize_for(plan)
 
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Save Ray's experiment state often: a killed driver then loses at most seconds.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     from ray import tune
 
-    from autoft.callbacks import MlflowTrialCallback, StatusLineCallback, TrialLog
+    from autoft.callbacks import (
+        MlflowTrialCallback,
+        PrunedCheckpointJanitor,
+        StatusLineCallback,
+        TrialLog,
+        TrialTimeout,
+    )
     from autoft.pruning import PruneAwareOptunaSearch, make_sampler, make_scheduler
     from autoft.ray_trainable import tune_trial
     from autoft.tracking import SearchTracker, default_tracking_uri, log_best_model
@@ -154,27 +226,29 @@ def run_search(cfg: ExperimentConfig, echo: Any = print, plan: SearchPlan | None
     tracker = SearchTracker(tracking_uri, cfg.tracking.experiment or cfg.name, storage / "mlartifacts")
     static = {"model": str(cfg.model.path), "dataset": plan.text.identity["train"],
               "n_train": len(data.train), "n_validation": len(data.validation), "max_length": cfg.train.max_length}
-    parent = tracker.start_search(search_id, {
-        "space": plan.space.name, "sampler": cfg.search.sampler, "scheduler": cfg.pruning.scheduler,
-        "num_trials": cfg.search.num_trials, "max_concurrent": cfg.search.max_concurrent,
-        "metric": metric, "mode": mode, "search_seed": cfg.search.seed,
-        "grace_period": cfg.pruning.grace_period, "reduction_factor": cfg.pruning.reduction_factor,
-        **static}, {"autoft.storage": str(search_dir)})
-    tracker.log_dict(parent, config_to_dict(cfg), "config.yaml")
-    tracker.log_dict(parent, _space_dict(plan.space), "space.yaml")
+    log = TrialLog()
+    if resume is None:
+        parent = tracker.start_search(search_id, {
+            "space": plan.space.name, "sampler": cfg.search.sampler, "scheduler": cfg.pruning.scheduler,
+            "num_trials": cfg.search.num_trials, "max_concurrent": cfg.search.max_concurrent,
+            "metric": metric, "mode": mode, "search_seed": cfg.search.seed,
+            "grace_period": cfg.pruning.grace_period, "reduction_factor": cfg.pruning.reduction_factor,
+            **static}, {"autoft.storage": str(search_dir)})
+        tracker.log_dict(parent, config_to_dict(cfg), "config.yaml")
+        tracker.log_dict(parent, _space_dict(plan.space), "space.yaml")
+        search_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(search_dir / STATE_FILE, {
+            "search_id": search_id, "parent_run_id": parent, "experiment_id": tracker.experiment_id,
+            "tracking_uri": tracking_uri, "config": config_to_dict(cfg), "space": _space_dict(plan.space),
+            "created": dt.datetime.now().isoformat(timespec="seconds")})
+    else:
+        parent = resume.parent_run_id
+        tracker.attach_search(parent)
+        log.load_finished_from_mlflow(tracker, plan.space, metric)
 
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage_url = f"sqlite:///{storage / 'optuna.db'}"
-    searcher = PruneAwareOptunaSearch(
-        space=plan.space.define_by_run(), metric=metric, mode=mode,
-        sampler=make_sampler(cfg.search.sampler, cfg.search.seed, cfg.search.num_trials),
-        study_name=search_id, storage=optuna.storages.RDBStorage(storage_url),
-        points_to_evaluate=plan.space.starting_points() if cfg.search.warm_start else None,
-    )
-    scheduler = make_scheduler(cfg.pruning.scheduler, _max_epochs(plan), cfg.pruning.grace_period,
-                               cfg.pruning.reduction_factor)
     threads = cfg.train.threads or max(1, int(cfg.resources.cpus_per_trial))
     setup = {"base_recipe": plan.base_recipe.to_dict(), "model_path": str(plan.model_path),
              "options": {"device": cfg.train.device, "precision": cfg.train.precision,
@@ -184,28 +258,45 @@ def run_search(cfg: ExperimentConfig, echo: Any = print, plan: SearchPlan | None
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, data=data, setup=setup),
         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial})
-    log = TrialLog()
-    callbacks = [
-        MlflowTrialCallback(tracker, searcher, plan.space, plan.base_recipe.to_dict(), static, search_id, log),
-        StatusLineCallback(log, metric, mode, echo, cfg.search.num_trials),
-    ]
+    mlflow_cb = MlflowTrialCallback(tracker, plan.space, plan.base_recipe.to_dict(), static, search_id,
+                                    metric, mode, log)
+    callbacks = [mlflow_cb, PrunedCheckpointJanitor(log, search_dir),
+                 StatusLineCallback(log, metric, mode, echo, cfg.search.num_trials)]
+    if cfg.search.trial_timeout_s:
+        callbacks.append(TrialTimeout(cfg.search.trial_timeout_s, mlflow_cb))
     _init_ray(cfg.address, None)
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            metric=metric, mode=mode, search_alg=searcher, scheduler=scheduler,
-            num_samples=cfg.search.num_trials, max_concurrent_trials=cfg.search.max_concurrent,
-            time_budget_s=cfg.search.time_budget_s, reuse_actors=True,
-            trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
-        ),
-        run_config=tune.RunConfig(
-            name=search_id, storage_path=str(storage), callbacks=callbacks, verbose=0,
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=cfg.search.keep_checkpoints, checkpoint_score_attribute=metric,
-                checkpoint_score_order=mode),
-            failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
-        ),
-    )
+    if resume is None:
+        searcher = PruneAwareOptunaSearch(
+            space=plan.space.define_by_run(), metric=metric, mode=mode,
+            sampler=make_sampler(cfg.search.sampler, cfg.search.seed, cfg.search.num_trials),
+            study_name=search_id, storage=optuna.storages.RDBStorage(f"sqlite:///{storage / 'optuna.db'}"),
+            points_to_evaluate=plan.space.starting_points() if cfg.search.warm_start else None,
+        )
+        scheduler = make_scheduler(cfg.pruning.scheduler, _max_epochs(plan), cfg.pruning.grace_period,
+                                   cfg.pruning.reduction_factor)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric=metric, mode=mode, search_alg=searcher, scheduler=scheduler,
+                num_samples=cfg.search.num_trials, max_concurrent_trials=cfg.search.max_concurrent,
+                time_budget_s=cfg.search.time_budget_s, reuse_actors=True,
+                trial_dirname_creator=_trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=search_id, storage_path=str(storage), callbacks=callbacks, verbose=0,
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=cfg.search.keep_checkpoints, checkpoint_score_attribute=metric,
+                    checkpoint_score_order=mode),
+                failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
+            ),
+        )
+    else:
+        tuner = tune.Tuner.restore(str(search_dir), trainable, resume_unfinished=True,
+                                   resume_errored=not resume.restart_errored,
+                                   restart_errored=resume.restart_errored)
+        # Tuner.restore has no run_config argument; the pickled callbacks hold the
+        # dead driver's state, so this run's callbacks replace them.
+        tuner._local_tuner._run_config.callbacks = callbacks
     status = "completed"
     try:
         grid = tuner.fit()
@@ -224,7 +315,7 @@ def run_search(cfg: ExperimentConfig, echo: Any = print, plan: SearchPlan | None
     test_metrics: dict[str, float] = {}
     model_info: dict[str, Any] = {}
     if best_row is not None:
-        best_ckpt_dir = _export_best(grid, best_row["trial_id"], metric, mode, search_dir, plan, cfg)
+        best_ckpt_dir = _export_best(grid, best_row.get("trial_id"), metric, mode, search_dir, plan, cfg)
         if best_ckpt_dir is not None and data.test is not None:
             test_metrics = _score_test(best_ckpt_dir, data, cfg)
         if best_ckpt_dir is not None and cfg.tracking.log_best_model:
@@ -233,10 +324,9 @@ def run_search(cfg: ExperimentConfig, echo: Any = print, plan: SearchPlan | None
                                         cfg.tracking.experiment or cfg.name, cfg.train.max_length)
     if status == "completed":
         _drop_trial_checkpoints(search_dir)
-
     counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("completed", "pruned", "failed")}
     trials_df = pd.DataFrame([{
-        "number": r.get("number"), "trial_id": r["trial_id"], "status": r["status"],
+        "number": r.get("number"), "trial_id": r.get("trial_id"), "status": r["status"],
         metric: r.get("best"), "epochs": r.get("epochs"), "reason": r.get("reason", ""),
         "wall_seconds": r.get("wall_seconds"),
         "compute_seconds": sum(h.get("epoch_seconds", 0.0) for h in r["history"]),
@@ -251,7 +341,7 @@ def run_search(cfg: ExperimentConfig, echo: Any = print, plan: SearchPlan | None
         mlflow_experiment_id=tracker.experiment_id, mlflow_run_id=parent, tracking_uri=tracking_uri,
         storage_dir=str(search_dir), n_trials=len(rows), n_completed=counts["completed"],
         n_pruned=counts["pruned"], n_failed=counts["failed"], wall_seconds=time.time() - t_start,
-        metric=metric, test_metrics=test_metrics, model=model_info, trials=trials_df,
+        metric=metric, mode=mode, test_metrics=test_metrics, model=model_info, trials=trials_df,
     )
     summary = {"best_value": result.best_value or 0.0, "n_trials": result.n_trials,
                "n_completed": result.n_completed, "n_pruned": result.n_pruned, "n_failed": result.n_failed,
@@ -262,6 +352,16 @@ def run_search(cfg: ExperimentConfig, echo: Any = print, plan: SearchPlan | None
     search_dir.mkdir(parents=True, exist_ok=True)
     (search_dir / "search.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
     return result
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
 
 
 def _space_dict(space: SearchSpace) -> dict[str, Any]:

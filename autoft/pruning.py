@@ -66,9 +66,26 @@ class PruneAwareOptunaSearch(OptunaSearch):
         self.outcomes: dict[str, str] = {}
         self._best_values: dict[str, float] = {}
 
-    def optuna_number(self, trial_id: str) -> int | None:
-        t = self._ot_trials.get(trial_id)
-        return None if t is None else t.number
+    def restore(self, checkpoint_path: str) -> None:
+        """After a driver crash, Optuna may hold trials that were asked after Ray's
+        last state save: adopt them for the next new Ray trials instead of asking
+        new ones, so Optuna, Ray and MLflow keep one trial each."""
+        import optuna
+
+        super().restore(checkpoint_path)
+        known = {t._trial_id for t in self._ot_trials.values()}
+        self._orphans = [t for t in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                         if t._trial_id not in known]
+
+    def suggest(self, trial_id: str) -> dict | None:
+        import optuna
+
+        orphans = getattr(self, "_orphans", [])
+        if trial_id not in self._ot_trials and orphans:
+            frozen = orphans.pop(0)
+            # Re-running define-by-run on the same Optuna trial returns its recorded params.
+            self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, frozen._trial_id)
+        return super().suggest(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if self.metric in result and trial_id in self._ot_trials:

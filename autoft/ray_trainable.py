@@ -6,11 +6,15 @@ data arrives once through the object store (``tune.with_parameters``).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
+from autoft import checkpoint as ckpt
+from autoft import faults
 from autoft.data import PreparedData
 from autoft.recipe import RECIPE_FIELDS, Recipe
+from autoft.space import TRIAL_NUMBER_KEY
 from autoft.trial import RunOptions, run_trial
 
 
@@ -22,16 +26,28 @@ class _TuneReporter:
         tune.report(metrics, checkpoint=checkpoint)
 
 
+def usable_checkpoint(given: Path) -> Path | None:
+    """The checkpoint to resume from: ``given``, or if it is torn (a crash while
+    it was written), the newest complete one beside it; None = start over."""
+    if ckpt.is_complete(given):
+        return given
+    siblings = sorted((p for p in given.parent.glob("checkpoint_*") if p != given), reverse=True)
+    fallback = next((p for p in siblings if ckpt.is_complete(p)), None)
+    warnings.warn(f"checkpoint {given} is torn; resuming from {fallback or 'scratch'}", stacklevel=2)
+    return fallback
+
+
 def tune_trial(config: dict[str, Any], data: PreparedData, setup: dict[str, Any]) -> None:
     from ray import tune
 
     overrides = {k: v for k, v in config.items() if k in RECIPE_FIELDS}
     recipe = Recipe.from_dict({**setup["base_recipe"], **overrides})
     options = RunOptions(**setup["options"])
+    options.epoch_hook = faults.hook_for(int(config.get(TRIAL_NUMBER_KEY, -1)), tune.get_context().get_trial_dir())
+    model_path = Path(setup["model_path"])
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        run_trial(recipe, data, Path(setup["model_path"]), _TuneReporter(), options)
+        run_trial(recipe, data, model_path, _TuneReporter(), options)
         return
     with checkpoint.as_directory() as resume_dir:
-        run_trial(recipe, data, Path(setup["model_path"]), _TuneReporter(), options,
-                  resume_from=Path(resume_dir))
+        run_trial(recipe, data, model_path, _TuneReporter(), options, resume_from=usable_checkpoint(Path(resume_dir)))

@@ -32,6 +32,7 @@ SPEC_KEYS = {"float", "int", "choice", "value", "log", "step", "when"}
 TOP_KEYS = {"name", "description", "params", "fixed", "start_points"}
 BOUND_RE = re.compile(r"^\s*num_layers\s*(?:([-+])\s*(\d+))?\s*$")
 ABSENT = "n/a"  # logged for conditional params a trial did not sample
+TRIAL_NUMBER_KEY = "autoft_trial"
 DEPTH_KNOBS = ("num_frozen_layers", "reinit_top_layers")
 INT_KNOBS = ("num_frozen_layers", "unfreeze_every", "reinit_top_layers", "batch_size", "epochs", "seed")
 
@@ -105,8 +106,13 @@ class SearchSpace:
         return all(values.get(dep) in allowed for dep, allowed in self.params[name].when.items())
 
     def define_by_run(self) -> Any:
-        """A function for ``OptunaSearch(space=...)``; suggests in dependency order."""
-        return self.sample_config
+        """A function for ``OptunaSearch(space=...)``; suggests in dependency order.
+
+        The Optuna trial number travels in the config (``TRIAL_NUMBER_KEY``), so
+        the driver can key MLflow runs by it, also across a resume.
+        """
+
+        return _DefineByRun(self)
 
     def sample_config(self, trial: Any) -> dict[str, Any]:
         """Sample one full trial config (without Ray): sampled params + fixed values."""
@@ -134,6 +140,16 @@ class SearchSpace:
             if point and point not in points:
                 points.append(point)
         return points
+
+
+class _DefineByRun:
+    """Picklable (Ray saves the searcher with it) define-by-run function."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        return {**self.space.sample_config(trial), TRIAL_NUMBER_KEY: trial.number}
 
 
 def _suggest(trial: Any, name: str, p: ParamSpec) -> Any:

@@ -107,10 +107,27 @@ class SearchTracker:
         if items:
             self.client.log_batch(run_id, metrics=items)
 
+    def attach_search(self, parent_run_id: str) -> None:
+        """Continue an interrupted search: reopen its parent run, find its trial runs."""
+        self.parent_run_id = parent_run_id
+        self.client.update_run(parent_run_id, status="RUNNING")
+        self.set_tags(parent_run_id, {"autoft.status": "running"})
+        children = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                                           max_results=50000)
+        for run in children:
+            key = run.data.tags.get("autoft.optuna_trial")
+            if key is not None:
+                self.trial_runs[key] = run.info.run_id
+
     # -- trial runs
     def start_trial(self, trial_key: str, name: str, params: dict[str, str], tags: dict[str, str]) -> str:
+        """Open the trial's run, or reopen it when a resumed search continues the trial."""
         if trial_key in self.trial_runs:
-            return self.trial_runs[trial_key]
+            run_id = self.trial_runs[trial_key]
+            if self.client.get_run(run_id).info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+            self.set_tags(run_id, {**tags, "autoft.status": "running"})
+            return run_id
         assert self.parent_run_id is not None
         run = self.client.create_run(
             self.experiment_id, run_name=name,
@@ -138,12 +155,11 @@ class SearchTracker:
     def close_open_trials(self, status: str, reason: str) -> int:
         """Close every trial run still RUNNING (Ctrl-C, driver exception)."""
         closed = 0
-        for key, run_id in self.trial_runs.items():
+        for run_id in self.trial_runs.values():
             if self.client.get_run(run_id).info.status == "RUNNING":
                 self.set_tags(run_id, {"autoft.status": status, "autoft.reason": reason})
                 self.client.set_terminated(run_id, STATUS_TO_MLFLOW[status])
                 closed += 1
-            del key
         return closed
 
     def end_search(self, status: str, metrics: dict[str, float], tags: dict[str, Any]) -> None:

@@ -47,6 +47,7 @@ class RunOptions:
     mode: str = "max"
     cache_frozen: bool = True  # reuse outputs of the never-trained prefix (prefix_cache)
     cache_dir: Path | None = None  # shared cache folder; None = the system temp folder
+    epoch_hook: Any = None  # called as hook(epoch, model) before each epoch (fault-injection tests)
 
 
 @dataclass
@@ -288,6 +289,8 @@ def run_trial(
 
     try:
         for epoch in range(start_epoch, recipe.epochs):
+            if opts.epoch_hook is not None:
+                opts.epoch_hook(epoch, model)
             plan = plan_for_epoch(recipe, layout.num_layers, epoch)
             apply_plan(layout, model, plan.training_blocks, plan.embeddings_train)
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

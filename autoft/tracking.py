@@ -7,8 +7,11 @@ inside ``tune.report``). Naming and param alignment are pure functions.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +180,26 @@ def summary_json(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=2, sort_keys=True, default=str)
 
 
+@contextlib.contextmanager
+def _fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (needed by log_model) sets a process-wide URI *and* the
+    MLFLOW_TRACKING_URI variable, which child processes inherit: put both back."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
+    global_before = utils._tracking_uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(global_before)
+        if env_before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env_before
+
+
 def is_local_store(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
 
@@ -195,11 +218,10 @@ def log_best_model(tracking_uri: str, run_id: str, checkpoint: Path, registered_
                                params=ParamSchema([ParamSpec("return_scores", "boolean", False)]))
     code = Path(__file__).parent / "serving" / "classifier_model.py"
     reqs = [f"{pkg}=={md.version(pkg).split('+')[0]}" for pkg in ("torch", "transformers", "pandas", "mlflow")]
-    mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri)
     import warnings
 
-    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+    with _fluent_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id), warnings.catch_warnings():
         # The signature is explicit; MLflow still nags for an input example.
         warnings.simplefilter("ignore", UserWarning)
         info = mlflow.pyfunc.log_model(

@@ -26,6 +26,7 @@ AUTOFT = [sys.executable, "-m", "autoft.cli"]
 def _env() -> dict[str, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", MLFLOW_LOGGING_LEVEL="WARNING")
     env.pop("AUTOFT_FAULTS_DIR", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
     return env
 
 
@@ -45,7 +46,7 @@ def killed_then_resumed(tmp_path_factory, tiny_model, tiny_data):
     storage = root / "runs"
     args = ["search", "--name", "resumable", "--storage", str(storage), "--trials", str(N), "--max-concurrent", "2",
             "--set", f"model.path={tiny_model}", "--set", f"data.train={tiny_data['train']}",
-            "--set", f"data.validation={tiny_data['validation']}", "--set", "train.epochs=6",
+            "--set", f"data.validation={tiny_data['validation']}", "--set", "train.epochs=40",
             "--set", "train.batch_size=16", "--set", "train.max_length=32", "--set", "pruning.scheduler=none",
             "--set", "search.metric=eval_loss", "--set", "search.mode=min"]
     proc = subprocess.Popen(AUTOFT + args, env=_env(), start_new_session=True,
@@ -55,7 +56,9 @@ def killed_then_resumed(tmp_path_factory, tiny_model, tiny_data):
     try:
         # Kill once some trials have finished and others are mid-flight.
         while time.time() < deadline:
-            runs = _trial_runs(db) if db.exists() else []
+            # Open the store only once the search has created it (no concurrent schema migration).
+            ready = any(storage.glob("resumable-*/autoft_search.json")) if storage.exists() else False
+            runs = _trial_runs(db) if ready else []
             done = [r for r in runs if r.info.status != "RUNNING"]
             if len(done) >= 2 and any(r.info.status == "RUNNING" for r in runs):
                 break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -30,7 +31,10 @@ def finished_search(tmp_path_factory, tiny_model, tiny_data):
         "pruning.grace_period=1", "pruning.reduction_factor=2",
     ])
     lines: list[str] = []
+    had_uri = "MLFLOW_TRACKING_URI" in os.environ
     result = run_search(cfg, echo=lines.append)
+    # Logging the model uses MLflow's fluent API: no URI may leak to child processes.
+    assert ("MLFLOW_TRACKING_URI" in os.environ) == had_uri
     yield result, cfg, lines
     ray.shutdown()
 
@@ -131,8 +135,10 @@ def test_best_model_registered_with_alias_and_predicts_label_names(finished_sear
     version = client.get_model_version_by_alias(cfg.name, "best")
     assert version.run_id == result.mlflow_run_id
     assert len(client.search_model_versions(f"name = '{cfg.name}'")) == 1, "only the best is logged"
-    mlflow.set_tracking_uri(result.tracking_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{cfg.name}@best")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", result.tracking_uri)
+        model = mlflow.pyfunc.load_model(f"models:/{cfg.name}@best")
+    mlflow.set_tracking_uri(None)
     preds = model.predict(pd.DataFrame({"text": ["WINNER!! claim your free prize now", "see you at lunch"]}))
     assert list(preds) and set(preds) <= {"ham", "spam"} and len(preds) == 2
 

@@ -365,9 +365,21 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _space_dict(space: SearchSpace) -> dict[str, Any]:
-    return {"name": space.name, "description": space.description, "fixed": space.fixed,
-            "params": {n: {k: v for k, v in asdict(p).items() if v not in (None, (), {}, False)}
-                       for n, p in space.params.items()}}
+    """The resolved space as plain YAML/JSON data (lists, not tuples)."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    params = {}
+    for n, p in space.params.items():
+        spec = {k: plain(v) for k, v in asdict(p).items() if v is not None and v != () and v != {}}
+        if not spec.get("log"):
+            spec.pop("log", None)
+        params[n] = spec
+    return {"name": space.name, "description": space.description, "fixed": space.fixed, "params": params}
 
 
 def _best_row(rows: list[dict[str, Any]], mode: str) -> dict[str, Any] | None:

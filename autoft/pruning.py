@@ -89,12 +89,20 @@ class PruneAwareOptunaSearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if self.metric in result and trial_id in self._ot_trials:
-            if result.get("autoft_status") != "diverged":
-                value = float(result[self.metric])
-                old = self._best_values.get(trial_id)
-                if old is None or (value > old if self.mode == "max" else value < old):
-                    self._best_values[trial_id] = value
-            super().on_trial_result(trial_id, result)
+            self._record(trial_id, result)
+
+    def _record(self, trial_id: str, result: dict) -> None:
+        """Report one epoch to Optuna once, and track the trial's best value."""
+        if result.get("autoft_status") == "diverged" or self.metric not in result:
+            return
+        value = float(result[self.metric])
+        step = int(result.get("training_iteration") or result.get("epoch") or 0)
+        ot_trial = self._ot_trials[trial_id]
+        if step not in ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values:
+            ot_trial.report(value, step)
+        old = self._best_values.get(trial_id)
+        if old is None or (value > old if self.mode == "max" else value < old):
+            self._best_values[trial_id] = value
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         import optuna
@@ -103,6 +111,10 @@ class PruneAwareOptunaSearch(OptunaSearch):
             return
         outcome = classify(result, error)
         ot_trial = self._ot_trials[trial_id]
+        # Ray hands the final result (and the one a scheduler stopped on) only
+        # here, not to on_trial_result: record it before telling Optuna.
+        if result and not error:
+            self._record(trial_id, result)
         ot_trial.set_user_attr("ray_trial_id", trial_id)
         ot_trial.set_user_attr("autoft_status", outcome.status)
         if outcome.reason:

@@ -25,9 +25,10 @@ from typing import Any
 
 from autoft.errors import InputError, unknown_key_fix
 from autoft.recipe import RECIPE_FIELDS, Recipe
+from autoft.resources import shared_dir
 from autoft.yamlio import load_yaml_file
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES_DIR = shared_dir("search_spaces")
 SPEC_KEYS = {"float", "int", "choice", "value", "log", "step", "when"}
 TOP_KEYS = {"name", "description", "params", "fixed", "start_points"}
 BOUND_RE = re.compile(r"^\s*num_layers\s*(?:([-+])\s*(\d+))?\s*$")

@@ -153,3 +153,19 @@ def test_result_json_and_dataframe(finished_search):
     assert saved["search_id"] == result.search_id
     assert saved["best_value"] == pytest.approx(result.best_value)
     assert any("done 6/6" in line for line in lines)
+
+
+def test_optuna_sees_every_epoch_and_the_best_value(finished_search):
+    import optuna
+
+    result, _, _ = finished_search
+    client = _client(result)
+    study = optuna.load_study(study_name=result.search_id,
+                              storage=f"sqlite:///{result.storage_dir.rsplit('/', 1)[0]}/optuna.db")
+    by_number = {t.number: t for t in study.trials}
+    for c in _children(result):
+        trial = by_number[int(c.data.tags["autoft.optuna_trial"])]
+        steps = sorted(m.step for m in client.get_metric_history(c.info.run_id, "eval_loss"))
+        assert sorted(trial.intermediate_values) == steps, "the final (or pruning) epoch reaches Optuna too"
+        if c.data.tags["autoft.status"] == "completed":
+            assert trial.value == pytest.approx(c.data.metrics["best_eval_loss"])

@@ -53,6 +53,17 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _sigterm_as_ctrl_c() -> None:
+    """SLURM time limits, scancel and pod deletion send SIGTERM: end the search the
+    way Ctrl-C does (runs closed as KILLED, checkpoints kept for `autoft resume`)."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def _load(config: Path | None, sets: list[str] | None, extra: list[str] | None = None) -> Any:
     from autoft.config import load_config
 
@@ -162,6 +173,7 @@ def search(
         _fail(exc)
     from autoft.controller import run_search
 
+    _sigterm_as_ctrl_c()
     try:
         result = run_search(cfg, echo=_err, plan=plan)
     except KeyboardInterrupt:
@@ -181,6 +193,7 @@ def resume(
     _quiet_libraries()
     from autoft.controller import resume_search
 
+    _sigterm_as_ctrl_c()
     try:
         result = resume_search(target, storage, echo=_err, restart_errored=restart_errored)
     except InputError as exc:
@@ -255,10 +268,14 @@ def ui(
     uri = default_tracking_uri(Path(storage))
     artifacts = (Path(storage) / "mlartifacts").resolve()
     typer.echo(f"MLflow UI for {uri}: http://{host}:{port}  (Ctrl-C to stop)")
+    typer.echo("  runs of a search: Experiments -> the search name -> 'Model training' view; "
+               "expand the search run to see its trials")
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
-           "--port", str(port), "--artifacts-destination", str(artifacts)]
+           "--port", str(port), "--artifacts-destination", str(artifacts), "--workers", "1"]
+    # MLflow 3 starts background-job workers by default; a local UI needs none.
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     try:
-        raise typer.Exit(subprocess.call(cmd))
+        raise typer.Exit(subprocess.call(cmd, env=env))
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
 

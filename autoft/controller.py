@@ -299,12 +299,19 @@ def _run(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: str, res
         tuner._local_tuner._run_config.callbacks = callbacks
     status = "completed"
     try:
-        grid = tuner.fit()
+        with _SigintWatch() as sigint:
+            grid = tuner.fit()
     except BaseException as exc:
         status = "killed" if isinstance(exc, KeyboardInterrupt) else "failed"
         tracker.close_open_trials("killed", f"search {status}: {type(exc).__name__}")
         tracker.end_search(status, {}, {"autoft.reason": f"{type(exc).__name__}: {exc}"[:500]})
         raise
+    if sigint.fired:
+        # Ray Tune caught Ctrl-C, stopped the trials, saved its state and returned
+        # normally: end the search as killed, keep the trial checkpoints for resume.
+        tracker.close_open_trials("killed", "search interrupted (SIGINT); `autoft resume` continues it")
+        tracker.end_search("killed", {}, {"autoft.reason": "interrupted (SIGINT)"})
+        raise KeyboardInterrupt
     if grid.num_errors and all(r.error for r in grid):
         status = "failed"
     tracker.close_open_trials("killed", "search ended before the trial finished")
@@ -352,6 +359,34 @@ def _run(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: str, res
     search_dir.mkdir(parents=True, exist_ok=True)
     (search_dir / "search.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
     return result
+
+
+class _SigintWatch:
+    """Tells whether Ray Tune's SIGINT handler fired during ``Tuner.fit``.
+
+    ``fit`` installs a handler that, on Ctrl-C, stops the experiment, saves its state,
+    puts back the handler it found and lets ``fit`` return normally: no KeyboardInterrupt.
+    After a normal end it leaves its own handler installed (a later Ctrl-C would be
+    swallowed), so the handler found before ``fit`` is put back either way."""
+
+    def __enter__(self) -> _SigintWatch:
+        import signal
+        import threading
+
+        self.fired = False
+        self._main = threading.current_thread() is threading.main_thread()
+        self._before = signal.getsignal(signal.SIGINT) if self._main else None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        if not self._main or self._before is None:
+            return
+        # Ray's handler, having fired, restored exactly the handler it found.
+        self.fired = (exc[0] is None and signal.getsignal(signal.SIGINT) is self._before
+                      and os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") in ("", "0"))
+        signal.signal(signal.SIGINT, self._before)
 
 
 def _trial_dirname(trial: Any) -> str:

@@ -64,7 +64,7 @@ def list_searches(uri: str) -> None:
             table.add_row(run.info.run_name, exp.name, run.data.tags.get("autoft.status", run.info.status),
                           _fmt(m.get("best_value")), _fmt(int(m["n_trials"])) if "n_trials" in m else "-",
                           dt.datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M"))
-    Console().print(table)
+    Console(width=160).print(table)
 
 
 def find_search_run(client: Any, name: str) -> Any:

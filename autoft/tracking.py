@@ -201,7 +201,10 @@ def _fluent_tracking_uri(uri: str) -> Iterator[None]:
 
 
 def is_local_store(uri: str) -> bool:
-    return uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
+    """A store on this machine's disk (SQLite or a folder), not a server or a platform."""
+    if uri.startswith(("sqlite:", "file:")):
+        return True
+    return "://" not in uri and (uri.startswith((".", "/", "~")) or "/" in uri)
 
 
 def log_best_model(tracking_uri: str, run_id: str, checkpoint: Path, registered_name: str,

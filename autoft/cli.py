@@ -10,6 +10,9 @@ from typing import Annotated, Any
 
 import typer
 
+from autoft.cli_common import ConfigArg, JsonOpt, SetOpt
+from autoft.cli_common import err as _err
+from autoft.cli_common import fail as _fail
 from autoft.errors import InputError
 
 app = typer.Typer(
@@ -19,26 +22,6 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-ConfigArg = Annotated[
-    Path | None,
-    typer.Argument(help="Experiment config YAML. Omitted: the embedded defaults (bundled MiniLM, SMS spam data)."),
-]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", "-s", help="Override any config key, e.g. --set train.epochs=2 (repeatable)."),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object with the results as the last stdout line.")]
-
-
-def _err(msg: str) -> None:
-    typer.echo(msg, err=True)
-
-
-def _fail(exc: InputError) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2)
-
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

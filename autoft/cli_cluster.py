@@ -16,18 +16,11 @@ from typing import Annotated, NoReturn, TypeVar
 
 import typer
 
+from autoft.cli_common import ConfigArg, SetOpt
 from autoft.errors import InputError
 
 T = TypeVar("T")
 
-ConfigArg = Annotated[
-    Path | None,
-    typer.Argument(help="Experiment config YAML. Omitted: the embedded defaults (bundled MiniLM, SMS spam data)."),
-]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", "-s", help="Override any config key, e.g. --set train.epochs=2 (repeatable)."),
-]
 AddressOpt = Annotated[
     str | None,
     typer.Option("--address", help="The Ray head's dashboard (Jobs API), e.g. http://HEAD:8265. "

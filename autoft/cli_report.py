@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from autoft.cli_common import fail as _fail
 from autoft.errors import InputError
 
 NameArg = Annotated[str, typer.Argument(help="Search id (e.g. autoft-20250101-120000) or search name (its newest search).")]
@@ -21,10 +22,6 @@ DEFAULT_STORAGE = "autoft-runs"
 StorageOpt = Annotated[str | None, typer.Option("--storage", help="Storage folder of the search: its mlflow.db and optuna.db. [default: autoft-runs]")]
 UriOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI; default MLFLOW_TRACKING_URI or sqlite:///<storage>/mlflow.db.")]
 
-
-def _fail(exc: InputError) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2)
 
 
 def _tracking_uri(storage: str | None, tracking_uri: str | None) -> str:

@@ -13,7 +13,16 @@ also written to ``benchmarks/results/trial_throughput.json``.
 
     .venv/bin/python benchmarks/trial_throughput.py            # defaults: 512 samples, 3 repeats
 
-Differences that are part of what is measured (each engine as it ships):
+autoft's frozen-prefix cache (``RunOptions.cache_frozen``, on by default)
+computes the outputs of the never-trained embeddings + bottom blocks once per
+search, before the timed loop, and trains the upper blocks from them. So with
+``--cache both`` (default) autoft runs twice per setting: as shipped (cache on;
+the one-off build is timed on its own and reported beside the table, in a
+private cache folder removed at the end) and with the cache off (the plain
+loop, like for like with the Trainer). With 0 frozen layers there is nothing to
+cache and the two are one run.
+
+Other differences are part of what is measured (each engine as it ships):
 autoft length-buckets its shuffled batches and runs frozen blocks in eval mode;
 the Trainer samples batches at random (``--trainer-sampling`` changes that)
 and uses its default optimizer (``adamw_torch_fused`` on torch >= 2.8), where
@@ -27,10 +36,12 @@ import gc
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +56,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 RESULTS = Path(__file__).resolve().parent / "results" / "trial_throughput.json"
+ENGINES = {"on": ("autoft", "trainer"), "off": ("autoft_nocache", "trainer"),
+           "both": ("autoft", "autoft_nocache", "trainer")}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--samples", type=int, default=512, help="training examples (one epoch over them)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per engine and setting (median shown)")
     p.add_argument("--frozen", default="0,3,6", help="comma-separated num_frozen_layers values")
@@ -56,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32, help="training batch size")
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads for both engines")
+    p.add_argument("--cache", choices=sorted(ENGINES), default="both",
+                   help="autoft's frozen-prefix cache: on (as shipped), off, or both side by side")
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed short runs per engine before measuring (0 = none)")
     p.add_argument("--trainer-sampling", default="random",
@@ -135,7 +150,7 @@ def trainer_dataset(plan: Any, data: Any, tokenizer: Any, max_length: int) -> Tr
     return TrainerDataset(rows)
 
 
-# --------------------------------------------------------------------------- engines
+# --------------------------------------------------------------------------- autoft
 
 
 class Collect:
@@ -148,24 +163,55 @@ class Collect:
         self.metrics.append(dict(metrics))
 
 
-def run_autoft(plan: Any, data: Any, frozen: int, args: argparse.Namespace, subset: Any = None) -> dict[str, Any]:
-    from dataclasses import replace
+class CacheTimer:
+    """Times autoft's prefix-cache load/build calls (by wrapping the module function)."""
 
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+        try:
+            from autoft import prefix_cache
+        except ImportError:
+            return
+        original = prefix_cache.load_or_build
+
+        def timed(model: Any, splits: Any, pad_id: Any, depth: int, folder: Path, *a: Any, **kw: Any) -> Any:
+            built = not (Path(folder) / "complete.json").is_file()
+            t0 = time.perf_counter()
+            out = original(model, splits, pad_id, depth, folder, *a, **kw)
+            self.calls.append({"built": built, "seconds": time.perf_counter() - t0, "depth": depth})
+            return out
+
+        prefix_cache.load_or_build = timed
+
+
+def has_cache_option() -> bool:
+    from autoft.trial import RunOptions
+
+    return "cache_frozen" in {f.name for f in fields(RunOptions)}
+
+
+def run_autoft(plan: Any, data: Any, frozen: int, args: argparse.Namespace, *, cache: bool,
+               cache_dir: Path, timer: CacheTimer) -> dict[str, Any]:
     from autoft.trial import RunOptions, run_trial
 
     recipe = plan.cfg.base_recipe({"num_frozen_layers": frozen})
-    if subset is not None:
-        data = replace(data, train=subset)
+    extra: dict[str, Any] = {"cache_frozen": cache, "cache_dir": cache_dir} if has_cache_option() else {}
     opts = RunOptions(device="cpu", precision="fp32", eval_batch_size=plan.cfg.train.eval_batch_size,
-                      threads=args.threads)
+                      threads=args.threads, **extra)
     reporter = Collect()
+    n_calls = len(timer.calls)
     result = run_trial(recipe, data, plan.model_path, reporter, opts)
     if result.status != "completed" or not reporter.metrics:
         raise RuntimeError(f"autoft trial did not complete: {result.status} {result.reason}")
     m = reporter.metrics[-1]
     return {"samples_per_second": float(m["train_samples_per_second"]),
             "train_seconds": float(m["train_seconds"]), "samples": int(m["train_samples"]),
-            "trainable_params": int(m["trainable_params"]), "threads": torch.get_num_threads()}
+            "trainable_params": int(m["trainable_params"]), "threads": torch.get_num_threads(),
+            "cached_prefix_depth": int(m.get("cached_prefix_depth", 0)),
+            "cache_calls": timer.calls[n_calls:]}
+
+
+# --------------------------------------------------------------------------- Trainer
 
 
 def freeze_bottom(model: Any, k: int) -> None:
@@ -235,15 +281,27 @@ def run_trainer(plan: Any, data: Any, dataset: TrainerDataset, tokenizer: Any, f
 
 # --------------------------------------------------------------------------- main
 
+COLUMNS = [  # (row key, header, format)
+    ("frozen_layers", "frozen layers", "{}"),
+    ("autoft_samples_per_second", "autoft samples/s", "{:.1f}"),
+    ("trainer_samples_per_second", "Trainer samples/s", "{:.1f}"),
+    ("ratio", "ratio autoft/Trainer", "{:.2f}"),
+    ("autoft_nocache_samples_per_second", "autoft no-cache samples/s", "{:.1f}"),
+    ("ratio_nocache", "ratio no-cache/Trainer", "{:.2f}"),
+]
+
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("frozen layers", "autoft samples/s", "Trainer samples/s", "ratio autoft/Trainer")
-    body = [(str(r["frozen_layers"]), f"{r['autoft_samples_per_second']:.1f}",
-             f"{r['trainer_samples_per_second']:.1f}", f"{r['ratio']:.2f}") for r in rows]
+    cols = [c for c in COLUMNS if rows[0].get(c[0]) is not None]
+    head = [h for _, h, _ in cols]
+    body = [[f.format(r[k]) for k, _, f in cols] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    line = "  ".join("-" * w for w in widths)
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-    return "\n".join([fmt.format(*head), line, *(fmt.format(*b) for b in body)])
+    return "\n".join([fmt.format(*head), "  ".join("-" * w for w in widths), *(fmt.format(*b) for b in body)])
+
+
+def median_of(runs: list[dict[str, Any]]) -> float | None:
+    return statistics.median(r["samples_per_second"] for r in runs) if runs else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,58 +315,82 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
+    load_before = list(os.getloadavg())
 
     plan, data = prepare(args)
     tokenizer = load_tokenizer(plan.model_path)
     dataset = trainer_dataset(plan, data, tokenizer, args.max_length)
     n = len(data.train)
+    engines = ENGINES[args.cache]
+    if not has_cache_option():
+        log("this autoft has no frozen-prefix cache option: autoft runs its only loop")
+        engines = ("autoft_nocache", "trainer")
     log(f"model {plan.model_path.name} ({plan.num_layers} blocks), {n} training examples, batch "
-        f"{args.batch_size}, max_length {args.max_length}, {args.threads} threads, repeats {args.repeats}")
+        f"{args.batch_size}, max_length {args.max_length}, {args.threads} threads, repeats {args.repeats}, "
+        f"engines {', '.join(engines)}")
 
-    if args.warmup:
-        k = min(2 * args.batch_size, n)
-        small = data.train.subset(np.arange(k))
-        small_ds = TrainerDataset(dataset.rows[:k])
-        for _ in range(args.warmup):
-            log(f"warm-up: {k} examples per engine (untimed)")
-            run_autoft(plan, data, args.frozen_list[0], args, subset=small)
-            run_trainer(plan, data, small_ds, tokenizer, args.frozen_list[0], args)
-            gc.collect()
-
-    runs: dict[int, dict[str, list[dict[str, Any]]]] = {k: {"autoft": [], "trainer": []} for k in args.frozen_list}
-    for rep in range(args.repeats):
-        for k in args.frozen_list:
-            order = ("autoft", "trainer") if rep % 2 == 0 else ("trainer", "autoft")
-            for engine in order:
-                if engine == "autoft":
-                    r = run_autoft(plan, data, k, args)
-                else:
-                    r = run_trainer(plan, data, dataset, tokenizer, k, args)
+    cache_dir = Path(tempfile.mkdtemp(prefix="autoft-bench-prefix-cache-"))
+    timer = CacheTimer()
+    runs: dict[int, dict[str, list[dict[str, Any]]]] = {
+        k: {e: [] for e in ENGINES["both"]} for k in args.frozen_list}
+    try:
+        if args.warmup:
+            k = min(2 * args.batch_size, n)
+            small = replace(data, train=data.train.subset(np.arange(k)))
+            for _ in range(args.warmup):
+                log(f"warm-up: {k} examples per engine (untimed)")
+                run_autoft(plan, small, args.frozen_list[0], args, cache=False, cache_dir=cache_dir, timer=timer)
+                run_trainer(plan, small, TrainerDataset(dataset.rows[:k]), tokenizer, args.frozen_list[0], args)
                 gc.collect()
-                runs[k][engine].append(r)
-                log(f"repeat {rep + 1}/{args.repeats}  frozen {k}  {engine:7s}  "
-                    f"{r['samples_per_second']:7.1f} samples/s  ({r['train_seconds']:.2f}s train, "
-                    f"{r['trainable_params']:,} trainable, {r['threads']} threads)")
+
+        for rep in range(args.repeats):
+            for k in args.frozen_list:
+                # With nothing frozen there is nothing to cache: one autoft run serves both columns.
+                todo = [e for e in engines if not (k == 0 and e == "autoft_nocache" and "autoft" in engines)]
+                shift = rep % len(todo)
+                for engine in todo[shift:] + todo[:shift]:  # rotate who goes first
+                    if engine == "trainer":
+                        r = run_trainer(plan, data, dataset, tokenizer, k, args)
+                    else:
+                        r = run_autoft(plan, data, k, args, cache=engine == "autoft", cache_dir=cache_dir,
+                                       timer=timer)
+                    gc.collect()
+                    runs[k][engine].append(r)
+                    if k == 0 and engine == "autoft" and "autoft_nocache" in engines:
+                        runs[k]["autoft_nocache"].append(r)
+                    built = [c for c in r.get("cache_calls", []) if c["built"]]
+                    note = f", cache built in {built[0]['seconds']:.1f}s before it" if built else ""
+                    log(f"repeat {rep + 1}/{args.repeats}  frozen {k}  {engine:14s} "
+                        f"{r['samples_per_second']:7.1f} samples/s  ({r['train_seconds']:.2f}s train, "
+                        f"{r['trainable_params']:,} trainable, {r['threads']} threads{note})")
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
 
     rows = []
     for k in args.frozen_list:
-        a = statistics.median(r["samples_per_second"] for r in runs[k]["autoft"])
-        t = statistics.median(r["samples_per_second"] for r in runs[k]["trainer"])
-        pa = runs[k]["autoft"][0]["trainable_params"]
-        pt = runs[k]["trainer"][0]["trainable_params"]
-        if pa != pt:
-            log(f"warning: frozen {k}: autoft trains {pa:,} parameters, the Trainer {pt:,}")
+        a, a0, t = (median_of(runs[k][e]) for e in ("autoft", "autoft_nocache", "trainer"))
+        assert t is not None
+        params = {e: rs[0]["trainable_params"] for e, rs in runs[k].items() if rs}
+        if len(set(params.values())) > 1:
+            log(f"warning: frozen {k}: trainable parameters differ: {params}")
         rows.append({
             "frozen_layers": k,
             "autoft_samples_per_second": a,
             "trainer_samples_per_second": t,
-            "ratio": a / t,
-            "trainable_params": {"autoft": pa, "trainer": pt},
-            "autoft_runs": runs[k]["autoft"],
-            "trainer_runs": runs[k]["trainer"],
+            "ratio": a / t if a is not None else None,
+            "autoft_nocache_samples_per_second": a0,
+            "ratio_nocache": a0 / t if a0 is not None else None,
+            "trainable_params": params,
+            "runs": runs[k],
         })
 
+    builds = [c["seconds"] for c in timer.calls if c["built"]]
+    loads = [c["seconds"] for c in timer.calls if not c["built"]]
     print(table(rows))
+    if builds:
+        print(f"autoft prefix cache: built once in {builds[0]:.1f}s (one pass over {n} train + "
+              f"{len(data.validation)} validation examples, all depths), outside the timed loop; "
+              f"later trials load it" + (f" ({statistics.median(loads):.2f}s)." if loads else "."))
     result = {
         "benchmark": "trial_throughput",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -317,14 +399,16 @@ def main(argv: list[str] | None = None) -> int:
             "samples": n, "epochs": 1, "batch_size": args.batch_size, "max_length": args.max_length,
             "learning_rate": args.lr, "precision": "fp32", "device": "cpu", "threads": args.threads,
             "repeats": args.repeats, "warmup_runs": args.warmup, "statistic": "median",
-            "trainer_sampling": args.trainer_sampling,
+            "autoft_cache": args.cache, "trainer_sampling": args.trainer_sampling,
             "trainer_optim": runs[args.frozen_list[0]]["trainer"][0]["optim"],
         },
         "environment": {
             "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
+            "cpu_count": os.cpu_count(), "load_average_start": load_before,
+            "load_average_end": list(os.getloadavg()),
         },
+        "prefix_cache_calls": timer.calls,
         "rows": rows,
         "wall_seconds": time.perf_counter() - t_start,
     }

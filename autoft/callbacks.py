@@ -194,7 +194,7 @@ class TrialTimeout(Callback):
 class StatusLineCallback(Callback):
     """One compact line per finished trial instead of Ray's status tables."""
 
-    def __init__(self, log: TrialLog, metric: str, mode: str, echo: Any, total: int) -> None:
+    def __init__(self, log: TrialLog, metric: str, mode: str, echo: Any, total: int | None) -> None:
         self.log, self.metric, self.mode, self.echo, self.total = log, metric, mode, echo, total
 
     def _line(self, trial: Any) -> None:
@@ -206,8 +206,9 @@ class StatusLineCallback(Callback):
         what = row.get("status", "?")
         detail = f"{self.metric}={row['best']:.4f}" if row.get("best") is not None else row.get("reason", "")[:60]
         self.echo(
-            f"[t{row.get('number', '?'):>02}] {what:<9} {detail:<28} | done {len(rows) - counts['running']}/{self.total}"
-            f"  completed {counts['completed']} pruned {counts['pruned']} failed {counts['failed']}"
+            f"[t{row.get('number', '?'):>02}] {what:<9} {detail:<28} | done {len(rows) - counts['running']}"
+            + (f"/{self.total}" if self.total else "")
+            + f"  completed {counts['completed']} pruned {counts['pruned']} failed {counts['failed']}"
             + (f"  best {self.metric} {best:.4f}" if best is not None else "")
         )
 

@@ -53,6 +53,18 @@ def _load(config: Path | None, sets: list[str] | None, extra: list[str] | None =
     return load_config(config, list(sets or []) + list(extra or []))
 
 
+def _plan(config: Path | None, sets: list[str] | None, extra: list[str] | None = None) -> tuple[Any, Any]:
+    """The config and its checked plan (space, data, model), or exit 2 with one line:
+    every bad input is refused here, before Ray or MLflow start."""
+    try:
+        cfg = _load(config, sets, extra)
+        from autoft.controller import plan_search
+
+        return cfg, plan_search(cfg)
+    except InputError as exc:
+        _fail(exc)
+
+
 @app.command()
 def train(
     config: ConfigArg = None,
@@ -63,17 +75,12 @@ def train(
 ) -> None:
     """Run ONE fine-tuning trial with the config's fixed params (no search), printing each epoch."""
     _quiet_libraries()
-    try:
-        cfg = _load(config, set_)
-        from autoft.controller import plan_search, tokenize_for
-
-        plan = plan_search(cfg)
-    except InputError as exc:
-        _fail(exc)
+    cfg, plan = _plan(config, set_)
     from autoft import checkpoint as ckpt
+    from autoft.controller import model_label, tokenize_for
     from autoft.trial import PrintReporter, RunOptions, run_trial
 
-    _err(f"training {plan.model_path.name} on {len(plan.text.train.texts)} examples, "
+    _err(f"training {model_label(cfg)} on {len(plan.text.train.texts)} examples, "
          f"{len(plan.text.validation.texts)} for validation; labels {plan.text.label_names}")
     try:
         data = tokenize_for(plan)
@@ -135,6 +142,7 @@ def search(
     config: ConfigArg = None,
     set_: SetOpt = None,
     trials: Annotated[int | None, typer.Option("--trials", "-n", help="Number of trials (search.num_trials).")] = None,
+    time_budget: Annotated[str | None, typer.Option("--time-budget", help="Wall-time limit, e.g. 5400, 90m or 1.5h (search.time_budget_s); alone, trials run until it is spent.")] = None,
     max_concurrent: Annotated[int | None, typer.Option("--max-concurrent", help="Trials at once (search.max_concurrent).")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Search name: MLflow experiment (name).")] = None,
     storage: Annotated[str | None, typer.Option("--storage", help="Folder for checkpoints, Ray state, default MLflow/Optuna stores.")] = None,
@@ -144,16 +152,11 @@ def search(
 ) -> None:
     """Run a hyperparameter search: Ray Tune trials, an Optuna sampler, ASHA pruning, MLflow runs."""
     _quiet_libraries()
-    extra = [f"{k}={v}" for k, v in (("search.num_trials", trials), ("search.max_concurrent", max_concurrent),
+    extra = [f"{k}={v}" for k, v in (("search.num_trials", trials), ("search.time_budget_s", time_budget),
+                                       ("search.max_concurrent", max_concurrent),
                                        ("name", name), ("storage", storage), ("tracking.uri", tracking_uri),
                                        ("address", address)) if v is not None]
-    try:
-        cfg = _load(config, set_, extra)
-        from autoft.controller import plan_search
-
-        plan = plan_search(cfg)
-    except InputError as exc:
-        _fail(exc)
+    cfg, plan = _plan(config, set_, extra)
     from autoft.controller import run_search
 
     _sigterm_as_ctrl_c()
@@ -191,13 +194,7 @@ def resume(
 def validate(config: ConfigArg = None, set_: SetOpt = None) -> None:
     """Check a config, its search space, dataset and model path without running anything."""
     _quiet_libraries()
-    try:
-        cfg = _load(config, set_)
-        from autoft.controller import plan_search
-
-        plan = plan_search(cfg)
-    except InputError as exc:
-        _fail(exc)
+    cfg, plan = _plan(config, set_)
     typer.echo(f"ok: model {plan.model_path} ({plan.num_layers} blocks), space '{plan.space.name}' "
                f"({len(plan.space.params)} params), {len(plan.text.train.texts)} train / "
                f"{len(plan.text.validation.texts)} validation examples, labels {plan.text.label_names}")

@@ -37,8 +37,9 @@ class DataConfig(_Section):
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
-    max_train_samples: int | None = Field(None, ge=1)
-    max_eval_samples: int | None = Field(None, ge=1)
+    max_train_samples: int | None = Field(None, ge=1, description="random subsample of the training split")
+    max_eval_samples: int | None = Field(None, ge=1, description="random subsample of the validation split")
+    max_test_samples: int | None = Field(None, ge=1, description="random subsample of the test split")
     validation_fraction: float = Field(0.1, gt=0, lt=1, description="held-out share when no validation split")
 
     @field_validator("name")
@@ -65,10 +66,26 @@ class TrainConfig(_Section):
     threads: int | None = Field(None, ge=1, description="torch CPU threads per trial (default: cpus_per_trial)")
 
 
+DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+UNBOUNDED_TRIALS = 100000  # the trial cap when only a time budget is given
+
+
+def parse_duration(value: Any) -> Any:
+    """``5400``, ``"90m"``, ``"1.5h"`` -> seconds; anything else is left for pydantic to refuse."""
+    if isinstance(value, str):
+        m = DURATION_RE.match(value)
+        if not m:
+            raise ValueError(f"{value!r} is not a duration; use seconds (5400) or 90m / 1.5h / 1d")
+        return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    return value
+
+
 class SearchConfig(_Section):
-    num_trials: int = Field(8, ge=1, le=100000)
+    num_trials: int = Field(8, ge=1, le=UNBOUNDED_TRIALS,
+                            description=f"trials to run; with only a time budget set, up to {UNBOUNDED_TRIALS}")
     max_concurrent: int = Field(2, ge=1, le=10000)
-    time_budget_s: float | None = Field(None, gt=0)
+    time_budget_s: float | None = Field(None, gt=0, description="stop starting and running trials after this "
+                                        "wall time (seconds, or 90m / 1.5h)")
     metric: str = Field("eval_f1", description="eval_f1 (macro), eval_accuracy or eval_loss")
     mode: Literal["max", "min"] = "max"
     sampler: Literal["tpe", "random", "cmaes", "gp", "qmc"] = "tpe"
@@ -77,6 +94,19 @@ class SearchConfig(_Section):
     trial_timeout_s: float | None = Field(None, gt=0)
     max_failures: int = Field(0, ge=0, le=100)
     keep_checkpoints: int = Field(1, ge=1, le=1000, description="checkpoints kept per trial")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _budget_bounds_the_search(cls, data: Any) -> Any:
+        # A time budget alone means "search until time is up", not "8 trials or until time is up".
+        if isinstance(data, dict) and data.get("time_budget_s") is not None and "num_trials" not in data:
+            data = {**data, "num_trials": UNBOUNDED_TRIALS}
+        return data
+
+    @field_validator("time_budget_s", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        return parse_duration(v)
 
     @field_validator("metric")
     @classmethod
@@ -91,6 +121,8 @@ class PruningConfig(_Section):
     scheduler: Literal["asha", "hyperband", "median", "none"] = "asha"
     grace_period: int = Field(1, ge=1, description="epochs every trial runs before it can be stopped")
     reduction_factor: float = Field(2, gt=1)
+    align_to_unfreezing: bool = Field(
+        False, description="asha: a trial is not judged at a rung just before it unfreezes more blocks")
 
 
 class ResourcesConfig(_Section):

@@ -7,6 +7,7 @@ runtime, the Optuna study and the MLflow parent run for one search.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -17,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autoft.config import ExperimentConfig, config_to_dict
+from autoft.config import UNBOUNDED_TRIALS, ExperimentConfig, config_to_dict
 from autoft.data import PreparedData, TextData, load_text_data, prepare_data
 from autoft.errors import InputError
 from autoft.models import check_model_dir, load_tokenizer, model_config
@@ -111,6 +112,25 @@ def _max_epochs(plan: SearchPlan) -> int:
     return int(plan.space.fixed.get("epochs", plan.base_recipe.epochs))
 
 
+def model_label(cfg: ExperimentConfig) -> str:
+    """The model as the user named it (a path's last part): the bundled model's folder is just "model"."""
+    return Path(str(cfg.model.path)).name or str(cfg.model.path)
+
+
+def _unfreeze_oracle(plan: SearchPlan) -> Any:
+    """``(trial config, epochs done) -> bool``: does the trial unfreeze more blocks next epoch?"""
+    from autoft.freezing import unfreezes_after
+    from autoft.recipe import RECIPE_FIELDS
+
+    base, layers = plan.base_recipe.to_dict(), plan.num_layers
+
+    def oracle(config: dict[str, Any], epochs_done: int) -> bool:
+        recipe = Recipe.from_dict({**base, **{k: v for k, v in config.items() if k in RECIPE_FIELDS}})
+        return unfreezes_after(recipe, layers, epochs_done)
+
+    return oracle
+
+
 def _init_ray(address: str | None, num_cpus: int | None) -> None:
     import ray
 
@@ -190,7 +210,34 @@ def _dig(d: dict[str, Any], dotted: str) -> Any:
     return d
 
 
+# Ray Tune reads these from the environment. Trials keep the driver's working directory
+# (relative data paths stay valid), autoft's callbacks replace Tune's default loggers, and
+# Ray's experiment state is saved every 2 s so a killed driver loses at most seconds.
+_TUNE_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0",
+             "TUNE_GLOBAL_CHECKPOINT_S": "2"}
+
+
+@contextlib.contextmanager
+def _tune_environment() -> Any:
+    """Set ``_TUNE_ENV`` (where the user has not) for one search, then put the caller's
+    environment back: a notebook or a benchmark running other code afterwards must not
+    inherit them."""
+    added = {k: v for k, v in _TUNE_ENV.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
 def _run(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: str, resume: _Resume | None) -> SearchResult:
+    with _tune_environment():
+        return _run_search(cfg, echo, plan, search_id, resume)
+
+
+def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: str,
+                resume: _Resume | None) -> SearchResult:
     import pandas as pd
 
     t_start = time.time()
@@ -199,16 +246,14 @@ def _run(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: str, res
     search_dir = storage / search_id
     metric, mode = cfg.search.metric, cfg.search.mode
 
-    echo(f"{'resuming' if resume else 'search'} {search_id}: {cfg.search.num_trials} trials, space "
-         f"'{plan.space.name}', model {plan.model_path.name} ({plan.num_layers} blocks), "
+    budget = cfg.search.time_budget_s
+    bounded = cfg.search.num_trials < UNBOUNDED_TRIALS
+    trials = (f"{cfg.search.num_trials} trials" if bounded else "trials") + (f" for up to {budget:g} s" if budget else "")
+    echo(f"{'resuming' if resume else 'search'} {search_id}: {trials}, space "
+         f"'{plan.space.name}', model {model_label(cfg)} ({plan.num_layers} blocks), "
          f"{len(plan.text.train.texts)} train / {len(plan.text.validation.texts)} validation examples")
     data = tokenize_for(plan)
 
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Save Ray's experiment state often: a killed driver then loses at most seconds.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     from ray import tune
 
     from autoft.callbacks import (
@@ -230,7 +275,7 @@ def _run(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: str, res
     if resume is None:
         parent = tracker.start_search(search_id, {
             "space": plan.space.name, "sampler": cfg.search.sampler, "scheduler": cfg.pruning.scheduler,
-            "num_trials": cfg.search.num_trials, "max_concurrent": cfg.search.max_concurrent,
+            "num_trials": cfg.search.num_trials, "time_budget_s": budget, "max_concurrent": cfg.search.max_concurrent,
             "metric": metric, "mode": mode, "search_seed": cfg.search.seed,
             "grace_period": cfg.pruning.grace_period, "reduction_factor": cfg.pruning.reduction_factor,
             **static}, {"autoft.storage": str(search_dir)})
@@ -261,7 +306,7 @@ def _run(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: str, res
     mlflow_cb = MlflowTrialCallback(tracker, plan.space, plan.base_recipe.to_dict(), static, search_id,
                                     metric, mode, log)
     callbacks = [mlflow_cb, PrunedCheckpointJanitor(log, search_dir),
-                 StatusLineCallback(log, metric, mode, echo, cfg.search.num_trials)]
+                 StatusLineCallback(log, metric, mode, echo, cfg.search.num_trials if bounded else None)]
     if cfg.search.trial_timeout_s:
         callbacks.append(TrialTimeout(cfg.search.trial_timeout_s, mlflow_cb))
     _init_ray(cfg.address, None)
@@ -273,7 +318,8 @@ def _run(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: str, res
             points_to_evaluate=plan.space.starting_points() if cfg.search.warm_start else None,
         )
         scheduler = make_scheduler(cfg.pruning.scheduler, _max_epochs(plan), cfg.pruning.grace_period,
-                                   cfg.pruning.reduction_factor)
+                                   cfg.pruning.reduction_factor,
+                                   _unfreeze_oracle(plan) if cfg.pruning.align_to_unfreezing else None)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(

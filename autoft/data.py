@@ -315,7 +315,7 @@ def load_text_data(cfg: Any, seed: int) -> TextData:
     train = _take(train, sample_indices(len(train.texts), cfg.max_train_samples, seed))
     val = _take(val, sample_indices(len(val.texts), cfg.max_eval_samples, seed + 1))
     if test is not None:
-        test = _take(test, sample_indices(len(test.texts), cfg.max_eval_samples, seed + 2))
+        test = _take(test, sample_indices(len(test.texts), cfg.max_test_samples, seed + 2))
     if len(set(map(str, train.labels))) < 2:
         raise InputError("data.max_train_samples", f"the {len(train.texts)} sampled rows hold one class",
                          "raise data.max_train_samples")

@@ -88,3 +88,14 @@ def never_trained_prefix(recipe: Recipe, num_layers: int) -> int:
             lowest = min(lowest, plan.training_blocks[0])
         any_embeddings = any_embeddings or plan.embeddings_train
     return 0 if any_embeddings else lowest
+
+
+def unfreezes_after(recipe: Recipe, num_layers: int, epochs_done: int) -> bool:
+    """True when the epoch after ``epochs_done`` trains more than the one just done:
+    the trial stands at a stage boundary, where its score says least about its future."""
+    if epochs_done <= 0 or epochs_done >= recipe.epochs:
+        return False
+    before = plan_for_epoch(recipe, num_layers, epochs_done - 1)
+    after = plan_for_epoch(recipe, num_layers, epochs_done)
+    return len(after.training_blocks) > len(before.training_blocks) or (after.embeddings_train
+                                                                        and not before.embeddings_train)

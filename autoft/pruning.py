@@ -9,8 +9,10 @@ intermediate values) and diverged or crashed ones as FAIL.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from autoft.outcome import COMPLETED, FAILED, PRUNED, classify
@@ -38,7 +40,10 @@ def make_sampler(name: str, seed: int, num_trials: int) -> Any:
     raise ValueError(f"unknown sampler {name!r}")
 
 
-def make_scheduler(name: str, max_epochs: int, grace_period: int, reduction_factor: float) -> Any:
+def make_scheduler(name: str, max_epochs: int, grace_period: int, reduction_factor: float,
+                   unfreezes_after: Callable[[dict[str, Any], int], bool] | None = None) -> Any:
+    """``unfreezes_after(trial_config, epochs_done)``: given for ASHA, a trial is not judged at a
+    rung that falls just before it unfreezes more blocks (see :class:`UnfreezeAlignedASHA`)."""
     from ray.tune.schedulers import (
         ASHAScheduler,
         FIFOScheduler,
@@ -47,6 +52,9 @@ def make_scheduler(name: str, max_epochs: int, grace_period: int, reduction_fact
     )
 
     grace = min(grace_period, max_epochs)
+    if name == "asha" and unfreezes_after is not None:
+        return UnfreezeAlignedASHA(unfreezes_after, time_attr="training_iteration", max_t=max_epochs,
+                                   grace_period=grace, reduction_factor=reduction_factor)
     if name == "asha":
         return ASHAScheduler(time_attr="training_iteration", max_t=max_epochs, grace_period=grace,
                              reduction_factor=reduction_factor)
@@ -58,6 +66,39 @@ def make_scheduler(name: str, max_epochs: int, grace_period: int, reduction_fact
     if name == "none":
         return FIFOScheduler()
     raise ValueError(f"unknown scheduler {name!r}")
+
+
+class UnfreezeAlignedASHA(ASHAScheduler):
+    """ASHA that does not judge a trial at a rung falling just before its next unfreeze.
+
+    A gradual or step (LP-FT) schedule trains only the head and top blocks first; its
+    score jumps once more blocks train. Judged at that moment against trials that
+    trained everything from the start, it is cut for being early, not for being bad.
+    Such a trial skips that rung once and is judged at the next epoch, against the
+    same rung's cutoff. Only one skip per trial: a schedule that unfreezes every epoch
+    would otherwise never be judged.
+    """
+
+    def __init__(self, unfreezes_after: Callable[[dict[str, Any], int], bool], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._unfreezes_after = unfreezes_after
+        self._skipped: set[str] = set()
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        done = result.get(self._time_attr)
+        if (done is not None and self._metric in result and done < self._max_t
+                and trial.trial_id not in self._skipped and self._at_rung(trial, done)
+                and self._unfreezes_after(trial.config, int(done))):
+            self._skipped.add(trial.trial_id)
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def _at_rung(self, trial: Any, done: float) -> bool:
+        """Would the bracket judge this result (a rung reached that has no record of it)?"""
+        bracket = self._trial_info.get(trial.trial_id)
+        if bracket is None:
+            return False
+        return any(done >= milestone and trial.trial_id not in recorded for milestone, recorded in bracket._rungs)
 
 
 class PruneAwareOptunaSearch(OptunaSearch):

@@ -1,12 +1,19 @@
 """Orchestration overhead of a search: wall time against the trials' own compute.
 
-Runs real searches (Ray Tune + Optuna + MLflow) of short trials and prints, side by
-side, wall seconds, the sum of the trials' epoch seconds (training + evaluation, as
-measured inside the trial), and the overhead per trial:
+Runs real searches (Ray Tune + Optuna + MLflow, autoft's defaults otherwise) whose
+trials all cost the same (only learning rate and weight decay are searched, nothing
+frozen, no pruning), so that the difference between wall time and compute is the
+orchestration: Ray start, tokenizing, trial start-up (model load), result and
+checkpoint handling, MLflow logging, scoring the best checkpoint on test and
+registering it. Printed side by side:
 
     overhead/trial = (wall - sum(trial compute) / concurrency) / trials
+    overhead %     = 1 - (sum(trial compute) / concurrency) / wall
 
-Usage: python benchmarks/overhead.py [--trials 8] [--samples 256] [--epochs 2] [--concurrency 1,2]
+where a trial's compute is the sum of its epochs' seconds (training + evaluation,
+timed inside the trial). The issue's target: at most 3% for trials of a minute or more.
+
+Usage: python benchmarks/overhead.py [--trials 4] [--samples 1000] [--epochs 2] [--concurrency 1,2]
 """
 
 from __future__ import annotations
@@ -21,46 +28,60 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
+SPACE = """name: overhead
+description: equal-cost trials - nothing frozen, only the optimizer searched
+params:
+  learning_rate: {float: [5.0e-5, 3.0e-4], log: true}
+  weight_decay:  {float: [1.0e-3, 1.0e-1], log: true}
+"""
+
 
 def run(trials: int, samples: int, epochs: int, concurrency: int, model: str) -> dict:
     from autoft.config import load_config
     from autoft.controller import run_search
 
     with tempfile.TemporaryDirectory() as tmp:
+        space = Path(tmp) / "space.yaml"
+        space.write_text(SPACE)
         cfg = load_config(None, [
-            f"model.path={model}", f"data.max_train_samples={samples}", "data.max_eval_samples=200",
-            f"train.epochs={epochs}", "train.max_length=64", f"search.num_trials={trials}",
-            f"search.max_concurrent={concurrency}", "pruning.scheduler=none", f"storage={tmp}",
-            f"resources.cpus_per_trial={max(1, (os.cpu_count() or 2) // concurrency)}", "name=overhead",
+            f"model.path={model}", f"data.max_train_samples={samples}", "data.max_eval_samples=300",
+            "data.max_test_samples=300", f"train.epochs={epochs}", "train.max_length=64",
+            f"search.num_trials={trials}", f"search.max_concurrent={concurrency}", "search.warm_start=false",
+            "pruning.scheduler=none", f"space={space}", f"storage={tmp}/runs", "name=overhead",
+            f"resources.cpus_per_trial={max(1, (os.cpu_count() or 2) // concurrency)}",
         ])
         t0 = time.perf_counter()
         result = run_search(cfg, echo=lambda *_: None)
         wall = time.perf_counter() - t0
     compute = float(result.trials["compute_seconds"].sum())
     return {"concurrency": concurrency, "trials": trials, "wall_s": wall, "trial_compute_s": compute,
-            "overhead_per_trial_s": (wall - compute / concurrency) / trials,
+            "mean_trial_s": compute / trials, "overhead_per_trial_s": (wall - compute / concurrency) / trials,
             "overhead_share": 1 - (compute / concurrency) / wall}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trials", type=int, default=8)
-    ap.add_argument("--samples", type=int, default=256)
+    ap.add_argument("--trials", type=int, default=4)
+    ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--concurrency", default="1,2")
     ap.add_argument("--model", default="minilm")
     args = ap.parse_args()
+    load = os.getloadavg()
     rows = [run(args.trials, args.samples, args.epochs, int(c), args.model) for c in args.concurrency.split(",")]
     import ray
 
     ray.shutdown()
-    print(f"{'concurrency':>11} {'trials':>6} {'wall s':>8} {'trial compute s':>16} {'overhead/trial s':>17} {'overhead %':>10}")
+    print(f"MiniLM, {args.samples} train examples x {args.epochs} epochs per trial, {os.cpu_count()} cores, "
+          f"load average at start {load[0]:.2f}")
+    print(f"{'concurrency':>11} {'trials':>6} {'trial s (mean)':>14} {'wall s':>8} {'trial compute s':>16} "
+          f"{'overhead/trial s':>17} {'overhead %':>10}")
     for r in rows:
-        print(f"{r['concurrency']:>11} {r['trials']:>6} {r['wall_s']:>8.1f} {r['trial_compute_s']:>16.1f} "
-              f"{r['overhead_per_trial_s']:>17.2f} {100 * r['overhead_share']:>9.1f}%")
+        print(f"{r['concurrency']:>11} {r['trials']:>6} {r['mean_trial_s']:>14.1f} {r['wall_s']:>8.1f} "
+              f"{r['trial_compute_s']:>16.1f} {r['overhead_per_trial_s']:>17.2f} {100 * r['overhead_share']:>9.1f}%")
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "overhead.json").write_text(json.dumps(rows, indent=2))
+    (out / "overhead.json").write_text(json.dumps({"settings": vars(args), "load_start": load, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

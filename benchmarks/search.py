@@ -60,8 +60,21 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA_ROOT = ROOT.parent / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"
 SEARCH_SYSTEMS = ("autoft", "b1", "b2", "b3")
-ALL_SYSTEMS = (*SEARCH_SYSTEMS, "b4")
+# autoft with one pruning setting changed: compared with autoft, never part of the target.
+VARIANTS = {
+    "aligned": ["pruning.align_to_unfreezing=true"],
+    "rf3": ["pruning.reduction_factor=3"],
+    "grace2": ["pruning.grace_period=2"],
+    "median": ["pruning.scheduler=median"],
+    "nopruning": ["pruning.scheduler=none"],
+}
+ALL_SYSTEMS = (*SEARCH_SYSTEMS, "b4", *VARIANTS)
 NAMES = {
+    "aligned": "autoft rungs after unfreeze",
+    "rf3": "autoft ASHA rf 3",
+    "grace2": "autoft ASHA grace 2",
+    "median": "autoft median stopping",
+    "nopruning": "autoft no pruning",
     "autoft": "autoft defaults",
     "b1": "B1 Trainer.hp_search",
     "b2": "B2 Ray+Optuna+ASHA",
@@ -188,6 +201,15 @@ def autoft_overrides(w: dict[str, Any]) -> list[str]:
     ]
 
 
+def remaining(w: dict[str, Any], t0: float) -> float | None:
+    """Seconds of the run's wall-clock budget left (None: no budget, a fixed number of trials).
+    The budget counts from the start of the system (imports and setup included), so every
+    system's native time limit gets what its own setup left over."""
+    if not w.get("budget_s"):
+        return None
+    return max(1.0, w["budget_s"] - (time.time() - t0))
+
+
 def run_autoft_search(w: dict[str, Any], extra: list[str]) -> dict[str, Any]:
     t0 = time.time()
     from mlflow import MlflowClient
@@ -195,7 +217,9 @@ def run_autoft_search(w: dict[str, Any], extra: list[str]) -> dict[str, Any]:
     from autoft.config import load_config
     from autoft.controller import run_search
 
-    cfg = load_config(None, autoft_overrides(w) + extra)
+    left = remaining(w, t0)
+    budget = [] if left is None else [f"search.time_budget_s={left:.0f}"]
+    cfg = load_config(None, autoft_overrides(w) + budget + extra)
     result = run_search(cfg, echo=lambda line: print(line, flush=True))
     wall = time.time() - t0  # includes scoring the best checkpoint on test and logging it to MLflow
     # Per-epoch validation scores with the time the driver logged them (MLflow, ms).
@@ -302,9 +326,11 @@ def run_b1(w: dict[str, Any]) -> dict[str, Any]:
                       train_dataset=train, eval_dataset=val, processing_class=tok,
                       data_collator=DataCollatorWithPadding(tok), compute_metrics=compute_metrics,
                       callbacks=[make_recorder(evals, t0, w["batch_size"], len(train), trials)])
+    # Optuna's own time limit (passed through to study.optimize): no new trial after it.
     best = trainer.hyperparameter_search(
         hp_space=hp_space, compute_objective=lambda m: m[METRIC], n_trials=w["trials"],
-        direction="maximize", backend="optuna", sampler=optuna.samplers.TPESampler(seed=w["seed"]))
+        direction="maximize", backend="optuna", sampler=optuna.samplers.TPESampler(seed=w["seed"]),
+        timeout=remaining(w, t0))
     # The chosen run's best epoch (load_best_model_at_end keeps it on disk).
     run_dir = Path(out) / f"run-{best.run_id}"
     last = max(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -400,7 +426,8 @@ def run_b2(w: dict[str, Any]) -> dict[str, Any]:
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(b2_trainable, rows=rows, setup=setup), {"cpu": setup["threads"]}),
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
-                                    num_samples=w["trials"], max_concurrent_trials=w["concurrency"]),
+                                    num_samples=w["trials"], max_concurrent_trials=w["concurrency"],
+                                    time_budget_s=remaining(w, t0)),
         run_config=tune.RunConfig(name="b2", storage_path=w["storage"], callbacks=[Recorder()], verbose=0,
                                   checkpoint_config=tune.CheckpointConfig(
                                       num_to_keep=1, checkpoint_score_attribute=METRIC,
@@ -445,7 +472,8 @@ def run_b4(w: dict[str, Any]) -> dict[str, Any]:
             "chosen_val": evals[-1]["score"], "test": scores(pred.label_ids, pred.predictions.argmax(-1))}
 
 
-SYSTEM_FUNCS = {"autoft": run_autoft, "b1": run_b1, "b2": run_b2, "b3": run_b3, "b4": run_b4}
+SYSTEM_FUNCS = {"autoft": run_autoft, "b1": run_b1, "b2": run_b2, "b3": run_b3, "b4": run_b4,
+                **{name: (lambda w, extra=extra: run_autoft_search(w, extra)) for name, extra in VARIANTS.items()}}
 
 
 # --------------------------------------------------------------------------- one run per process
@@ -547,9 +575,18 @@ def censored_median(values: list[float | None], bounds: list[float]) -> tuple[fl
     return statistics.median([b if v is None else v for v, b in zip(values, bounds)]), False
 
 
+def within_budget(run: dict[str, Any], budget_s: float | None) -> dict[str, Any]:
+    """The run as seen at its deadline: epochs reported after the budget (B1's last trial
+    runs to its end; Ray and autoft stop a few seconds late) do not count."""
+    if not budget_s or "evals" not in run:
+        return run
+    return {**run, "evals": [e for e in run["evals"] if e["t"] <= budget_s]}
+
+
 def summarize(runs: list[dict[str, Any]], datasets: list[str], systems: list[str], epochs: int,
-              tolerance: float = TOLERANCE) -> dict[str, Any]:
+              tolerance: float = TOLERANCE, budget_s: float | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    runs = [r if r["system"] == "b4" else within_budget(r, budget_s) for r in runs]
     for ds in datasets:
         mine = [r for r in runs if r["dataset"] == ds and "error" not in r]
         seeds = sorted({r["seed"] for r in mine})
@@ -564,7 +601,7 @@ def summarize(runs: list[dict[str, Any]], datasets: list[str], systems: list[str
             if not rs:
                 continue
             hits = [hit(r, targets[r["seed"]]) for r in rs]
-            walls = [r["wall_s"] for r in rs]
+            walls = [min(r["wall_s"], budget_s) if budget_s else r["wall_s"] for r in rs]
             all_examples = [sum(e["samples"] for e in r["evals"]) for r in rs]
             best_val = sorted(max(e["score"] for e in r["evals"]) for r in rs)
             per_trial = [{t: max(e["epoch"] for e in r["evals"] if e["trial"] == t)
@@ -579,7 +616,7 @@ def summarize(runs: list[dict[str, Any]], datasets: list[str], systems: list[str
                 "test_f1": [r["test"].get("f1") for r in rs],
                 "test_f1_median": statistics.median(r["test"]["f1"] for r in rs) if all(
                     r["test"].get("f1") is not None for r in rs) else None,
-                "wall_median": statistics.median(walls),
+                "wall_median": statistics.median(r["wall_s"] for r in rs),
                 "examples_median": statistics.median(all_examples),
                 "trials_median": statistics.median(len(p) for p in per_trial),
                 "load_median": statistics.median(r.get("load", {}).get("mean", math.nan) for r in rs),
@@ -588,7 +625,7 @@ def summarize(runs: list[dict[str, Any]], datasets: list[str], systems: list[str
                               "test": r["test"], "wall_s": r["wall_s"], "chosen": r["chosen"]}
                              for r, h in zip(rs, hits)],
             }
-        out[ds] = {"tolerance": tolerance, "targets": targets, "systems": rows}
+        out[ds] = {"tolerance": tolerance, "targets": targets, "systems": rows, "budget_s": budget_s}
     return out
 
 
@@ -627,11 +664,14 @@ def report(summary: dict[str, Any], n_seeds: int) -> str:
             continue
         targets = ", ".join(f"seed {s}: {t:.4f}" for s, t in info["targets"].items() if t is not None)
         lines.append(f"\n{ds}: target = best validation macro-F1 of any search system - {info['tolerance']} ({targets})")
+        if info.get("budget_s"):
+            lines.append(f"each search ran {info['budget_s']:.0f} s of wall time from its start; epochs reported "
+                         "later do not count")
         ref = systems.get("autoft")
         rows = []
         for name, r in systems.items():
             bv = r["best_val"]
-            compare = ref is not None and name in SEARCH_SYSTEMS and name != "autoft"  # not B4: trained once
+            compare = ref is not None and name != "autoft" and name != "b4"  # not B4: trained once
             rows.append([
                 NAMES[name], f"{r['reached']}/{len(r['seeds'])}",
                 fmt_censored(r["t_to_target"], "{:.0f}"),
@@ -648,13 +688,13 @@ def report(summary: dict[str, Any], n_seeds: int) -> str:
             seeds = " | ".join(
                 f"s{p['seed']} " + (f"{p['t']:.0f}s {p['examples']} ex" if p["t"] is not None else "not reached")
                 + f", val {p['best_val']:.4f}, test {p['test'].get('f1', math.nan):.4f}" for p in r["per_seed"])
-            lines.append(f"per seed {NAMES[name]:<21}: {seeds}")
+            lines.append(f"per seed {NAMES[name]:<27}: {seeds}")
         for name, r in systems.items():
             if name == "b4":
                 continue
             gap = r["best_val_median"] - r["best_val"][0]
             ok = "ok" if gap <= STABILITY else "MISS"
-            lines.append(f"stability {NAMES[name]:<21}: worst seed {r['best_val'][0]:.4f} vs median "
+            lines.append(f"stability {NAMES[name]:<27}: worst seed {r['best_val'][0]:.4f} vs median "
                          f"{r['best_val_median']:.4f}: {gap:.4f} below (target <= {STABILITY}, "
                          f"{len(r['seeds'])} seeds) {ok}")
         lines.extend(target_lines(systems, n_seeds))
@@ -716,14 +756,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="trec,sst2", help="folders of ../shared/data (text,label CSVs)")
     ap.add_argument("--seeds", type=int, default=3, help="search seeds 0..N-1 (training seed 42+s)")
-    ap.add_argument("--trials", type=int, default=8, help="trials per system and seed")
+    ap.add_argument("--budget-s", type=float, default=120,
+                    help="wall-clock seconds per search system and seed, from its start (0: a fixed --trials)")
+    ap.add_argument("--trials", type=int, default=None,
+                    help="trials per system and seed (default 8 without a budget; with one, a cap of 100)")
     ap.add_argument("--samples", type=int, default=400, help="training examples (fixed subsample)")
     ap.add_argument("--val-samples", type=int, default=300, help="validation examples (fixed subsample)")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--concurrency", type=int, default=2, help="trials at a time for the Ray systems")
-    ap.add_argument("--systems", default=",".join(ALL_SYSTEMS), help="of " + ",".join(ALL_SYSTEMS))
+    ap.add_argument("--systems", default=",".join(s for s in ALL_SYSTEMS if s not in VARIANTS),
+                    help="of " + ",".join(ALL_SYSTEMS) + "; NAME@DATASET runs NAME on that dataset only")
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--run-timeout", type=float, default=3600, help="seconds before one system run is killed")
     ap.add_argument("--output", type=Path, default=RESULTS / "search.json")
@@ -734,7 +778,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="print the tables of an earlier results file (e.g. with another --tolerance); run nothing")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    args.system_list = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if args.trials is None:
+        args.trials = 100 if args.budget_s else 8
+    # "name@dataset": run that system on that dataset only (e.g. pruning variants on trec).
+    args.only_on = {}
+    for item in (s.strip() for s in args.systems.split(",") if s.strip()):
+        name, _, ds = item.partition("@")
+        args.only_on.setdefault(name, set()).update([ds] if ds else [])
+    args.system_list = [s for s in ALL_SYSTEMS if s in args.only_on] + [s for s in args.only_on if s not in ALL_SYSTEMS]
     args.dataset_list = [d.strip() for d in args.datasets.split(",") if d.strip()]
     for s in args.system_list:
         if s not in ALL_SYSTEMS:
@@ -758,7 +809,8 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(args.reanalyze.read_text())
         st = old["settings"]
         systems = [s for s in ALL_SYSTEMS if any(r["system"] == s for r in old["runs"])]
-        print(report(summarize(old["runs"], st["dataset_list"], systems, st["epochs"], args.tolerance), st["seeds"]))
+        print(report(summarize(old["runs"], st["dataset_list"], systems, st["epochs"], args.tolerance,
+                               st.get("budget_s")), st["seeds"]))
         return 0
     from autoft.models import resolve_model_path
 
@@ -769,21 +821,26 @@ def main(argv: list[str] | None = None) -> int:
     logs = args.output.parent / f"{args.output.stem}-logs"
     logs.mkdir(parents=True, exist_ok=True)
     data = prepare_data(args.dataset_list, args.samples, args.val_samples, work / "data")
+    budget = f"{args.budget_s:.0f} s per search (at most {args.trials} trials)" if args.budget_s else \
+        f"{args.trials} trials"
     log(f"{len(args.dataset_list)} datasets x {args.seeds} seeds x systems {','.join(args.system_list)}; "
-        f"{args.trials} trials of {args.epochs} epochs, {args.samples} train / {args.val_samples} validation "
+        f"{budget} of {args.epochs} epochs, {args.samples} train / {args.val_samples} validation "
         f"examples, max_length {args.max_length}; work folder {work}")
     runs: list[dict[str, Any]] = []
     try:
         for ds in args.dataset_list:
             for seed in range(args.seeds):
                 for system in args.system_list:
+                    if args.only_on[system] and ds not in args.only_on[system]:
+                        continue
                     storage = work / f"{ds}-s{seed}-{system}"
                     storage.mkdir(parents=True)
                     w = {"system": system, "dataset": ds, "seed": seed, "train_seed": 42 + seed,
                          "model": model, "labels": data[ds]["labels"], "train": data[ds]["train"],
                          "validation": data[ds]["validation"], "test": data[ds]["test"],
                          "epochs": args.epochs, "batch_size": args.batch_size, "max_length": args.max_length,
-                         "trials": args.trials, "concurrency": args.concurrency, "storage": str(storage)}
+                         "trials": args.trials, "concurrency": args.concurrency, "storage": str(storage),
+                         "budget_s": args.budget_s if system != "b4" else 0}
                     rec = run_isolated(w, logs / f"{ds}-s{seed}-{system}.log", args.run_timeout)
                     runs.append({"system": system, "dataset": ds, "seed": seed, **rec})
                     if "error" in rec:
@@ -799,7 +856,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    summary = summarize(runs, args.dataset_list, args.system_list, args.epochs, args.tolerance)
+    summary = summarize(runs, args.dataset_list, args.system_list, args.epochs, args.tolerance, args.budget_s)
     text = report(summary, args.seeds)
     print(text)
     import torch

@@ -84,3 +84,34 @@ def tiny_overrides(tiny_model: Path, tiny_data: dict[str, Path], tmp_path: Path)
         "train.max_length=32",
         f"storage={tmp_path / 'runs'}",
     ]
+
+
+TINY_SEARCH_TRIALS = 6
+
+
+@pytest.fixture(scope="session")
+def tiny_search(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny_data: dict[str, Path]):
+    """One real Ray Tune search of the tiny model, shared (read-only) by the tests that
+    inspect a finished search: ``(result, cfg, status lines, storage folder, env before)``."""
+    import ray
+
+    from autoft.config import load_config
+    from autoft.controller import run_search
+
+    root = tmp_path_factory.mktemp("search")
+    cfg = load_config(None, [
+        f"model.path={tiny_model}", f"data.train={tiny_data['train']}",
+        f"data.validation={tiny_data['validation']}", "train.epochs=3", "train.batch_size=16",
+        "train.max_length=32", f"storage={root / 'runs'}", "name=tiny",
+        f"search.num_trials={TINY_SEARCH_TRIALS}", "search.max_concurrent=2",
+        # Loss varies continuously even for an untrained tiny model, so ASHA
+        # has distinct values to cut at (F1 of a majority predictor ties).
+        "search.metric=eval_loss", "search.mode=min", "search.seed=3",
+        "pruning.grace_period=1", "pruning.reduction_factor=2",
+    ])
+    lines: list[str] = []
+    env_before = dict(os.environ)
+    result = run_search(cfg, echo=lines.append)
+    env_after = dict(os.environ)
+    yield result, cfg, lines, root / "runs", (env_before, env_after)
+    ray.shutdown()

@@ -93,6 +93,22 @@ def test_set_overrides_a_file_and_later_wins(tmp_path: Path) -> None:
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.name) == (6, 8, "fromfile")
 
 
+@pytest.mark.parametrize(("value", "seconds"), [("90", 90.0), ("90s", 90.0), ("1.5m", 90.0), ("2h", 7200.0),
+                                               ("1d", 86400.0), ("45.5", 45.5)])
+def test_time_budget_takes_durations(value: str, seconds: float) -> None:
+    assert load_config(None, [f"search.time_budget_s={value}"]).search.time_budget_s == seconds
+
+
+def test_a_time_budget_alone_lifts_the_trial_count() -> None:
+    from autoft.config import UNBOUNDED_TRIALS
+
+    assert load_config(None, []).search.num_trials == 8
+    assert load_config(None, ["search.time_budget_s=10m"]).search.num_trials == UNBOUNDED_TRIALS
+    # Both given: whichever ends first.
+    cfg = load_config(None, ["search.time_budget_s=10m", "search.num_trials=5"])
+    assert (cfg.search.num_trials, cfg.search.time_budget_s) == (5, 600.0)
+
+
 def test_params_feed_the_base_recipe() -> None:
     cfg = load_config(None, ["train.epochs=4", "params.dropout=0.2", "params.unfreeze_schedule=step"])
     r = cfg.base_recipe()
@@ -186,6 +202,9 @@ def test_unknown_key_in_a_file(tmp_path: Path) -> None:
         ("search.sampler=grid", "search.sampler"),
         ("search.num_trials=0", "search.num_trials"),
         ("search.time_budget_s=-1", "search.time_budget_s"),
+        ("search.time_budget_s=3x", "search.time_budget_s"),
+        ("search.time_budget_s=1w", "search.time_budget_s"),
+        ("data.max_test_samples=0", "data.max_test_samples"),
         ("search.max_failures=101", "search.max_failures"),
         ("pruning.scheduler=pbt", "pruning.scheduler"),
         ("pruning.reduction_factor=1", "pruning.reduction_factor"),

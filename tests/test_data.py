@@ -259,6 +259,15 @@ def test_max_train_samples_deterministic_by_seed(tmp_path: Path) -> None:
     assert [by_text[t] for t in first.train.texts] == first.train.labels
 
 
+def test_each_split_has_its_own_cap(tmp_path: Path) -> None:
+    rows = [{"text": f"text {i}", "label": "ab"[i % 2]} for i in range(100)]
+    path = write_table(tmp_path / "all.csv", rows)
+    text = load_text_data(data_config(train=str(path), validation=str(path), test=str(path), max_eval_samples=10), seed=0)
+    assert (len(text.validation.texts), len(text.test.texts)) == (10, 100)  # the test split stays whole
+    text = load_text_data(data_config(train=str(path), validation=str(path), test=str(path), max_test_samples=7), seed=0)
+    assert (len(text.validation.texts), len(text.test.texts)) == (100, 7)
+
+
 # --------------------------------------------------------------------------- batching
 
 

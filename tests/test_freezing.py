@@ -17,6 +17,7 @@ from autoft.freezing import (
     never_trained_prefix,
     plan_for_epoch,
     schedule_for,
+    unfreezes_after,
 )
 from autoft.recipe import Recipe
 
@@ -230,3 +231,18 @@ class TestScheduleContract:
         first = [schedule.top_blocks_training(e, 6) for e in range(10)]
         assert [schedule.top_blocks_training(e, 6) for e in range(10)] == first
         assert hash(schedule) == hash(schedule)  # frozen dataclass: safe to share between trials
+
+
+@pytest.mark.parametrize(("r", "expected"), [
+    # epochs done 1, 2 (of 3): does the next epoch train more?
+    (recipe("none"), [False, False]),
+    (recipe("step", every=1), [True, False]),          # head only, then everything
+    (recipe("step", every=2), [False, True]),
+    (recipe("gradual", every=1), [True, True]),        # one more block each epoch
+    (recipe("gradual", every=2), [False, True]),
+    (recipe("gradual", every=1, frozen=5), [True, False]),  # 1 trainable block: opens at epoch 2
+    (recipe("step", every=1, freeze_embeddings=False), [True, False]),
+])
+def test_unfreezes_after(r: Recipe, expected: list[bool]) -> None:
+    assert [unfreezes_after(r, 6, done) for done in (1, 2)] == expected
+    assert not unfreezes_after(r, 6, 0) and not unfreezes_after(r, 6, 3)

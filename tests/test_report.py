@@ -434,24 +434,9 @@ def test_live_view_serves_page_and_plotly(written):
 
 
 @pytest.fixture(scope="module")
-def real_search(tmp_path_factory, tiny_model, tiny_data):
-    import ray
-
-    from autoft.config import load_config
-    from autoft.controller import run_search
-
-    root = tmp_path_factory.mktemp("report-search")
-    cfg = load_config(None, [
-        f"model.path={tiny_model}", f"data.train={tiny_data['train']}",
-        f"data.validation={tiny_data['validation']}", "train.epochs=3", "train.batch_size=16",
-        "train.max_length=32", f"storage={root / 'runs'}", "name=reportsearch",
-        "search.num_trials=6", "search.max_concurrent=2",
-        "search.metric=eval_loss", "search.mode=min", "search.seed=3",
-        "pruning.grace_period=1", "pruning.reduction_factor=2",
-    ])
-    result = run_search(cfg, echo=lambda *_: None)
-    yield result, root / "runs"
-    ray.shutdown()
+def real_search(tiny_search):
+    result, _, _, storage, _ = tiny_search
+    return result, storage
 
 
 @pytest.mark.ray
@@ -462,7 +447,7 @@ def test_report_of_a_real_search(real_search, tmp_path):
 
     result, storage = real_search
     out = tmp_path / "report.html"
-    res = CliRunner().invoke(app, ["report", "reportsearch", "--storage", str(storage), "-o", str(out)])
+    res = CliRunner().invoke(app, ["report", "tiny", "--storage", str(storage), "-o", str(out)])
     assert res.exit_code == 0, res.output
     page = out.read_text()
     _page_checks(page)

@@ -3,40 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
+from conftest import TINY_SEARCH_TRIALS
 
 pytestmark = pytest.mark.ray
 
-N_TRIALS = 6
+N_TRIALS = TINY_SEARCH_TRIALS
 
 
 @pytest.fixture(scope="module")
-def finished_search(tmp_path_factory, tiny_model, tiny_data):
-    import ray
-
-    from autoft.config import load_config
-    from autoft.controller import run_search
-
-    root = tmp_path_factory.mktemp("search")
-    cfg = load_config(None, [
-        f"model.path={tiny_model}", f"data.train={tiny_data['train']}",
-        f"data.validation={tiny_data['validation']}", "train.epochs=3", "train.batch_size=16",
-        "train.max_length=32", f"storage={root / 'runs'}", "name=tiny",
-        f"search.num_trials={N_TRIALS}", "search.max_concurrent=2",
-        # Loss varies continuously even for an untrained tiny model, so ASHA
-        # has distinct values to cut at (F1 of a majority predictor ties).
-        "search.metric=eval_loss", "search.mode=min", "search.seed=3",
-        "pruning.grace_period=1", "pruning.reduction_factor=2",
-    ])
-    lines: list[str] = []
-    had_uri = "MLFLOW_TRACKING_URI" in os.environ
-    result = run_search(cfg, echo=lines.append)
+def finished_search(tiny_search):
+    result, cfg, lines, _, (env_before, env_after) = tiny_search
     # Logging the model uses MLflow's fluent API: no URI may leak to child processes.
-    assert ("MLFLOW_TRACKING_URI" in os.environ) == had_uri
-    yield result, cfg, lines
-    ray.shutdown()
+    assert ("MLFLOW_TRACKING_URI" in env_after) == ("MLFLOW_TRACKING_URI" in env_before)
+    # Nor may the Ray Tune settings a search needs outlive it.
+    for key in ("TUNE_GLOBAL_CHECKPOINT_S", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "RAY_AIR_NEW_OUTPUT"):
+        assert env_after.get(key) == env_before.get(key), key
+    return result, cfg, lines
 
 
 def _client(result):

@@ -257,7 +257,8 @@ def _fix_for(field: str) -> str:
         f = model.model_fields[key]
         default = f.default
         hint = f.description or ""
-        return f"e.g. {key}: {default!r}" + (f" ({hint})" if hint else "")
+        example = f"leave {key} unset (the default)" if default is None else f"e.g. {key}: {default!r}"
+        return example + (f" ({hint})" if hint else "")
     return "see README, Configuration"
 
 

@@ -440,7 +440,9 @@ def run_b2(w: dict[str, Any]) -> dict[str, Any]:
         test = score_checkpoint(d, w)
     keys = ("learning_rate", "weight_decay", "num_frozen_layers")
     chosen = {k: best.config[k] for k in keys}
-    trials = [{"trial": r.metrics.get("trial_id"), **{k: r.config.get(k) for k in keys}} for r in grid]
+    # A trial the budget stopped before its first report has no metrics (nor, maybe, config).
+    trials = [{"trial": (r.metrics or {}).get("trial_id"), **{k: (r.config or {}).get(k) for k in keys}}
+              for r in grid]
     return {"wall_s": time.time() - t0, "evals": evals, "chosen": chosen, "trials": trials,
             "chosen_val": max(e["score"] for e in evals if e["trial"] == best.metrics["trial_id"]), "test": test}
 

@@ -118,20 +118,35 @@ class MlflowTrialCallback(Callback):
         history[:] = [h for h in history if h["epoch"] != epoch] + [{"epoch": epoch, **metrics}]
 
     def _finish(self, trial: Any, error: bool) -> None:
-        number = trial_number(trial)
         text = self.reasons.get(trial.trial_id) or (_error_text(trial) if error else "")
         outcome = classify(trial.last_result, error, text)
+        self._close(trial_number(trial), outcome.status, outcome.reason, outcome.epoch)
+
+    def _close(self, number: int, status: str, reason: str, epoch: int) -> None:
         row = self.log.row(number)
         values = [h[self.metric] for h in row["history"] if self.metric in h]
         best = None
         summary: dict[str, float] = {"wall_seconds": time.time() - self._started.get(number, time.time())}
-        if values and outcome.status != "failed":
+        if values and status != "failed":
             best = (max if self.mode == "max" else min)(values)
             summary[f"best_{self.metric}"] = best
             summary["best_epoch"] = next(h["epoch"] for h in row["history"] if h.get(self.metric) == best)
-        self.tracker.end_trial(str(number), outcome.status, outcome.reason, outcome.epoch, summary)
-        row.update(status=outcome.status, reason=outcome.reason, epochs=outcome.epoch, best=best,
-                   wall_seconds=summary["wall_seconds"])
+        self.tracker.end_trial(str(number), status, reason, epoch, summary)
+        row.update(status=status, reason=reason, epochs=epoch, best=best, wall_seconds=summary["wall_seconds"])
+
+    def close_unfinished(self, reason: str) -> list[str]:
+        """End, as killed, the trials a finished search left running (its time budget ran
+        out): Ray tells no callback about them. Their epochs so far stay ranked, since each
+        came with a checkpoint. Returns their Ray trial ids."""
+        ended = []
+        for number, row in self.log.rows.items():
+            if row["status"] != "running" or str(number) not in self.tracker.trial_runs:
+                continue
+            epoch = max((int(h["epoch"]) for h in row["history"]), default=0)
+            self._close(number, "killed", f"{reason} (after epoch {epoch})" if epoch else reason, epoch)
+            if row.get("trial_id"):
+                ended.append(row["trial_id"])
+        return ended
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, error=False)

@@ -360,6 +360,10 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
         raise KeyboardInterrupt
     if grid.num_errors and all(r.error for r in grid):
         status = "failed"
+    why = "the search's time budget ran out" if cfg.search.time_budget_s else "the search ended"
+    cut_short = mlflow_cb.close_unfinished(why)
+    if resume is None:
+        searcher.close_unfinished(cut_short, why)
     tracker.close_open_trials("killed", "search ended before the trial finished")
 
     rows = sorted(log.rows.values(), key=lambda r: r.get("number", 0))

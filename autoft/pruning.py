@@ -145,6 +145,22 @@ class PruneAwareOptunaSearch(OptunaSearch):
         if old is None or (value > old if self.mode == "max" else value < old):
             self._best_values[trial_id] = value
 
+    def close_unfinished(self, trial_ids: list[str], reason: str) -> None:
+        """Tell Optuna about trials the search's end cut short (Ray does not): PRUNED with the
+        epochs they reported, so no trial stays RUNNING in the study."""
+        import optuna
+
+        for trial_id in trial_ids:
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                continue
+            ot_trial = self._ot_trials[trial_id]
+            ot_trial.set_user_attr("ray_trial_id", trial_id)
+            ot_trial.set_user_attr("autoft_status", "killed")
+            ot_trial.set_user_attr("autoft_reason", reason)
+            self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.PRUNED)
+            self.outcomes[trial_id] = "killed"
+            self._completed_trials.add(trial_id)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         import optuna
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -814,6 +815,9 @@ def main(argv: list[str] | None = None) -> int:
         print(report(summarize(old["runs"], st["dataset_list"], systems, st["epochs"], args.tolerance,
                                st.get("budget_s")), st["seeds"]))
         return 0
+    if {"b1", "b4"} & set(args.system_list) and importlib.util.find_spec("accelerate") is None:
+        sys.exit("b1 and b4 run transformers.Trainer, which needs accelerate: ./run install "
+                 "(or pip install -e '.[bench]'), or leave b1,b4 out of --systems")
     from autoft.models import resolve_model_path
 
     model = str(resolve_model_path(args.model))

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -306,6 +307,8 @@ def median_of(runs: list[dict[str, Any]]) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if importlib.util.find_spec("accelerate") is None:
+        sys.exit("transformers.Trainer needs accelerate: ./run install (or pip install -e '.[bench]')")
     import transformers
     from transformers.utils import logging as hf_logging
 

@@ -137,13 +137,16 @@ def _stop_on_ctrl_c() -> Iterator[None]:
     """Ctrl-C (and SIGTERM, as `kill` sends) ends the block quietly."""
     import signal
 
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # A process started in the background by a non-interactive shell (`cmd &` in a
+    # script, CI) inherits SIGINT ignored, and Python then installs no Ctrl-C handler.
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _optuna_dashboard(name: str, storage: str, tracking_uri: str | None, host: str, port: int) -> None:

@@ -430,6 +430,32 @@ def test_live_view_serves_page_and_plotly(written):
         server.server_close()
 
 
+def test_dashboard_stops_on_sigint_even_when_started_with_sigint_ignored(written):
+    """`autoft dashboard &` from a script or CI starts with SIGINT ignored; SIGINT must still stop it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root, uri, rec = written
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autoft.cli", "dashboard", rec.search_id, "--port", "0", "--storage", str(root),
+         "--tracking-uri", uri], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        first = proc.stdout.readline()
+        assert "http://127.0.0.1:" in first, first
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0 and "stopped" in rest, rest
+
+
 # --------------------------------------------------------------------------- a real search
 
 

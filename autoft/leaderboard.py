@@ -23,6 +23,10 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _seconds(v: Any) -> str:
+    return "-" if v is None or v != v else f"{float(v):.1f}"
+
+
 def print_leaderboard(df: Any, metric: str, mode: str, to_stderr: bool = False, limit: int = 20) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -37,7 +41,8 @@ def print_leaderboard(df: Any, metric: str, mode: str, to_stderr: bool = False, 
     for c in cols:
         table.add_column({"number": "trial", "wall_seconds": "secs"}.get(c, c), justify="right" if c != "status" else "left")
     for _, row in df.head(limit).iterrows():
-        table.add_row(*[_fmt(row.get(c)) if c != "number" else f"t{int(row[c]):02d}" for c in cols])
+        table.add_row(*[f"t{int(row[c]):02d}" if c == "number" else _seconds(row.get(c)) if c == "wall_seconds"
+                        else _fmt(row.get(c)) for c in cols])
     console.print(table)
 
 

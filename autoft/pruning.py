@@ -139,11 +139,22 @@ class PruneAwareOptunaSearch(OptunaSearch):
         value = float(result[self.metric])
         step = int(result.get("training_iteration") or result.get("epoch") or 0)
         ot_trial = self._ot_trials[trial_id]
-        if step not in ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values:
+        frozen = ot_trial.storage.get_trial(ot_trial._trial_id)
+        if step not in frozen.intermediate_values and not frozen.state.is_finished():
             ot_trial.report(value, step)
         old = self._best_values.get(trial_id)
         if old is None or (value > old if self.mode == "max" else value < old):
             self._best_values[trial_id] = value
+
+    def _told(self, trial_id: str) -> bool:
+        """Has Optuna already been told this trial ended? A driver killed after telling
+        Optuna but before Ray saved its state re-runs the trial on resume; telling the
+        study twice would raise UpdateFinishedTrialError inside Ray's loop."""
+        ot_trial = self._ot_trials[trial_id]
+        if not ot_trial.storage.get_trial(ot_trial._trial_id).state.is_finished():
+            return False
+        self._completed_trials.add(trial_id)
+        return True
 
     def close_unfinished(self, trial_ids: list[str], reason: str) -> None:
         """Tell Optuna about trials the search's end cut short (Ray does not): PRUNED with the
@@ -151,7 +162,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
         import optuna
 
         for trial_id in trial_ids:
-            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials or self._told(trial_id):
                 continue
             ot_trial = self._ot_trials[trial_id]
             ot_trial.set_user_attr("ray_trial_id", trial_id)
@@ -164,7 +175,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         import optuna
 
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials or self._told(trial_id):
             return
         outcome = classify(result, error)
         ot_trial = self._ot_trials[trial_id]

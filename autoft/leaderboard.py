@@ -27,6 +27,9 @@ def _seconds(v: Any) -> str:
     return "-" if v is None or v != v else f"{float(v):.1f}"
 
 
+_COLUMN_FORMAT = {"number": lambda v: f"t{int(v):02d}", "wall_seconds": _seconds}
+
+
 def print_leaderboard(df: Any, metric: str, mode: str, to_stderr: bool = False, limit: int = 20) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -41,8 +44,7 @@ def print_leaderboard(df: Any, metric: str, mode: str, to_stderr: bool = False, 
     for c in cols:
         table.add_column({"number": "trial", "wall_seconds": "secs"}.get(c, c), justify="right" if c != "status" else "left")
     for _, row in df.head(limit).iterrows():
-        table.add_row(*[f"t{int(row[c]):02d}" if c == "number" else _seconds(row.get(c)) if c == "wall_seconds"
-                        else _fmt(row.get(c)) for c in cols])
+        table.add_row(*[_COLUMN_FORMAT.get(c, _fmt)(row.get(c)) for c in cols])
     console.print(table)
 
 

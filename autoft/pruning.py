@@ -104,7 +104,6 @@ class UnfreezeAlignedASHA(ASHAScheduler):
 class PruneAwareOptunaSearch(OptunaSearch):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.outcomes: dict[str, str] = {}
         self._best_values: dict[str, float] = {}
 
     def restore(self, checkpoint_path: str) -> None:
@@ -146,47 +145,45 @@ class PruneAwareOptunaSearch(OptunaSearch):
         if old is None or (value > old if self.mode == "max" else value < old):
             self._best_values[trial_id] = value
 
-    def _told(self, trial_id: str) -> bool:
-        """Has Optuna already been told this trial ended? A driver killed after telling
-        Optuna but before Ray saved its state re-runs the trial on resume; telling the
-        study twice would raise UpdateFinishedTrialError inside Ray's loop."""
-        ot_trial = self._ot_trials[trial_id]
-        if not ot_trial.storage.get_trial(ot_trial._trial_id).state.is_finished():
+    def _open(self, trial_id: str) -> bool:
+        """Is this one of our trials that Optuna has not been told the end of? A driver
+        killed after telling Optuna but before Ray saved its state re-runs the trial on
+        resume; telling the study twice would raise UpdateFinishedTrialError in Ray's loop."""
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return False
-        self._completed_trials.add(trial_id)
+        ot_trial = self._ot_trials[trial_id]
+        if ot_trial.storage.get_trial(ot_trial._trial_id).state.is_finished():
+            self._completed_trials.add(trial_id)
+            return False
         return True
+
+    def _tell(self, trial_id: str, status: str, reason: str, value: float | None, state: Any) -> None:
+        ot_trial = self._ot_trials[trial_id]
+        ot_trial.set_user_attr("ray_trial_id", trial_id)
+        ot_trial.set_user_attr("autoft_status", status)
+        if reason:
+            ot_trial.set_user_attr("autoft_reason", reason)
+        self._ot_study.tell(ot_trial, value, state=state)
+        self._completed_trials.add(trial_id)
 
     def close_unfinished(self, trial_ids: list[str], reason: str) -> None:
         """Tell Optuna about trials the search's end cut short (Ray does not): PRUNED with the
         epochs they reported, so no trial stays RUNNING in the study."""
         import optuna
 
-        for trial_id in trial_ids:
-            if trial_id in self._completed_trials or trial_id not in self._ot_trials or self._told(trial_id):
-                continue
-            ot_trial = self._ot_trials[trial_id]
-            ot_trial.set_user_attr("ray_trial_id", trial_id)
-            ot_trial.set_user_attr("autoft_status", "killed")
-            ot_trial.set_user_attr("autoft_reason", reason)
-            self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.PRUNED)
-            self.outcomes[trial_id] = "killed"
-            self._completed_trials.add(trial_id)
+        for trial_id in filter(self._open, trial_ids):
+            self._tell(trial_id, "killed", reason, None, optuna.trial.TrialState.PRUNED)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         import optuna
 
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials or self._told(trial_id):
+        if not self._open(trial_id):
             return
         outcome = classify(result, error)
-        ot_trial = self._ot_trials[trial_id]
         # Ray hands the final result (and the one a scheduler stopped on) only
         # here, not to on_trial_result: record it before telling Optuna.
         if result and not error:
             self._record(trial_id, result)
-        ot_trial.set_user_attr("ray_trial_id", trial_id)
-        ot_trial.set_user_attr("autoft_status", outcome.status)
-        if outcome.reason:
-            ot_trial.set_user_attr("autoft_reason", outcome.reason)
         state = {COMPLETED: optuna.trial.TrialState.COMPLETE, PRUNED: optuna.trial.TrialState.PRUNED,
                  FAILED: optuna.trial.TrialState.FAIL}[outcome.status]
         value = None
@@ -195,6 +192,4 @@ class PruneAwareOptunaSearch(OptunaSearch):
             value = self._best_values.get(trial_id, (result or {}).get(self.metric))
             if value is None:
                 state = optuna.trial.TrialState.FAIL
-        self._ot_study.tell(ot_trial, value, state=state)
-        self.outcomes[trial_id] = outcome.status
-        self._completed_trials.add(trial_id)
+        self._tell(trial_id, outcome.status, outcome.reason, value, state)

@@ -34,8 +34,6 @@ def _quiet_libraries() -> None:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*experimental.*")
-    # The best model is logged from code with a declared signature; MLflow's hint is for others.
-    warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
     for name in ("mlflow", "alembic", "ray", "ray.tune", "optuna", "filelock"):
         logging.getLogger(name).setLevel(logging.ERROR)
 

@@ -589,7 +589,8 @@ def within_budget(run: dict[str, Any], budget_s: float | None) -> dict[str, Any]
 def summarize(runs: list[dict[str, Any]], datasets: list[str], systems: list[str], epochs: int,
               tolerance: float = TOLERANCE, budget_s: float | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    runs = [r if r["system"] == "b4" else within_budget(r, budget_s) for r in runs]
+    # A run's own budget (--budget-for) wins over the common one.
+    runs = [r if r["system"] == "b4" else within_budget(r, r.get("budget_s") or budget_s) for r in runs]
     for ds in datasets:
         mine = [r for r in runs if r["dataset"] == ds and "error" not in r]
         seeds = sorted({r["seed"] for r in mine})
@@ -604,7 +605,8 @@ def summarize(runs: list[dict[str, Any]], datasets: list[str], systems: list[str
             if not rs:
                 continue
             hits = [hit(r, targets[r["seed"]]) for r in rs]
-            walls = [min(r["wall_s"], budget_s) if budget_s else r["wall_s"] for r in rs]
+            walls = [min(r["wall_s"], r.get("budget_s") or budget_s) if (r.get("budget_s") or budget_s)
+                     else r["wall_s"] for r in rs]
             all_examples = [sum(e["samples"] for e in r["evals"]) for r in rs]
             best_val = sorted(max(e["score"] for e in r["evals"]) for r in rs)
             per_trial = [{t: max(e["epoch"] for e in r["evals"] if e["trial"] == t)
@@ -628,7 +630,9 @@ def summarize(runs: list[dict[str, Any]], datasets: list[str], systems: list[str
                               "test": r["test"], "wall_s": r["wall_s"], "chosen": r["chosen"]}
                              for r, h in zip(rs, hits)],
             }
-        out[ds] = {"tolerance": tolerance, "targets": targets, "systems": rows, "budget_s": budget_s}
+        budgets = {r["system"]: r["budget_s"] for r in mine if r.get("budget_s") and r["budget_s"] != budget_s}
+        out[ds] = {"tolerance": tolerance, "targets": targets, "systems": rows, "budget_s": budget_s,
+                   "budget_for": budgets}
     return out
 
 
@@ -668,8 +672,9 @@ def report(summary: dict[str, Any], n_seeds: int) -> str:
         targets = ", ".join(f"seed {s}: {t:.4f}" for s, t in info["targets"].items() if t is not None)
         lines.append(f"\n{ds}: target = best validation macro-F1 of any search system - {info['tolerance']} ({targets})")
         if info.get("budget_s"):
-            lines.append(f"each search ran {info['budget_s']:.0f} s of wall time from its start; epochs reported "
-                         "later do not count")
+            own = "".join(f", {NAMES[k]} {v:.0f} s" for k, v in sorted(info.get("budget_for", {}).items()))
+            lines.append(f"each search ran {info['budget_s']:.0f} s of wall time from its start{own}; epochs "
+                         "reported later do not count")
         ref = systems.get("autoft")
         rows = []
         for name, r in systems.items():
@@ -761,6 +766,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seeds", type=int, default=3, help="search seeds 0..N-1 (training seed 42+s)")
     ap.add_argument("--budget-s", type=float, default=120,
                     help="wall-clock seconds per search system and seed, from its start (0: a fixed --trials)")
+    ap.add_argument("--budget-for", default="", metavar="SYSTEM=S,...",
+                    help="a longer (or shorter) budget for some systems, e.g. b2=720,b1=1200: a baseline that "
+                         "never reaches the target within 3x (5x) autoft's time decides a speed ratio")
     ap.add_argument("--trials", type=int, default=None,
                     help="trials per system and seed (default 8 without a budget; with one, a cap of 100)")
     ap.add_argument("--samples", type=int, default=400, help="training examples (fixed subsample)")
@@ -790,6 +798,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.only_on.setdefault(name, set()).update([ds] if ds else [])
     args.system_list = [s for s in ALL_SYSTEMS if s in args.only_on] + [s for s in args.only_on if s not in ALL_SYSTEMS]
     args.dataset_list = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    args.budget_by_system = {}
+    for item in (s.strip() for s in args.budget_for.split(",") if s.strip()):
+        name, eq, secs = item.partition("=")
+        try:
+            args.budget_by_system[name] = float(secs)
+        except ValueError:
+            ap.error(f"--budget-for: {item!r} is not SYSTEM=SECONDS (e.g. b1=1200)")
+        if not eq or name not in ALL_SYSTEMS or name == "b4":
+            ap.error(f"--budget-for: {item!r}: use SYSTEM=SECONDS with a system of {','.join(s for s in ALL_SYSTEMS if s != 'b4')}")
     for s in args.system_list:
         if s not in ALL_SYSTEMS:
             ap.error(f"--systems: unknown system {s!r}; use some of {','.join(ALL_SYSTEMS)}")
@@ -846,9 +863,9 @@ def main(argv: list[str] | None = None) -> int:
                          "validation": data[ds]["validation"], "test": data[ds]["test"],
                          "epochs": args.epochs, "batch_size": args.batch_size, "max_length": args.max_length,
                          "trials": args.trials, "concurrency": args.concurrency, "storage": str(storage),
-                         "budget_s": args.budget_s if system != "b4" else 0}
+                         "budget_s": args.budget_by_system.get(system, args.budget_s) if system != "b4" else 0}
                     rec = run_isolated(w, logs / f"{ds}-s{seed}-{system}.log", args.run_timeout)
-                    runs.append({"system": system, "dataset": ds, "seed": seed, **rec})
+                    runs.append({"system": system, "dataset": ds, "seed": seed, "budget_s": w["budget_s"], **rec})
                     if "error" in rec:
                         log(f"{ds} seed {seed} {system}: FAILED {rec['error']}")
                     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 
@@ -28,8 +29,6 @@ class TextClassifier(PythonModel):
         self.torch = torch
 
     def _texts(self, model_input: Any) -> list[str]:
-        import pandas as pd
-
         if isinstance(model_input, pd.DataFrame):
             column = "text" if "text" in model_input.columns else model_input.columns[0]
             return model_input[column].astype(str).tolist()
@@ -37,9 +36,11 @@ class TextClassifier(PythonModel):
             return [str(x) for x in model_input]
         return [str(model_input)]
 
-    def predict(self, context, model_input, params=None):  # untyped: MLflow reads hints as a schema
-        import pandas as pd
-
+    # pd.DataFrame is a hint MLflow infers no schema from: the explicit signature given at
+    # logging stays the schema, and MLflow stops asking for type hints. A hint such as
+    # list[str] would become the schema and change what predict receives.
+    def predict(self, context: Any, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame | pd.Series:
         texts = self._texts(model_input)
         preds: list[str] = []
         scores: list[float] = []

@@ -55,6 +55,9 @@ class SearchResult:
     mode: str = "max"
     test_metrics: dict[str, float] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)  # registered model name, version, URIs
+    # Where the driver's wall time went (prepare, ray_start, tune, export, test, register, finish):
+    # everything but "tune" is paid once per search, whatever the trials cost.
+    phase_seconds: dict[str, float] = field(default_factory=dict)
     trials: Any = None  # pandas.DataFrame
 
     def to_dict(self) -> dict[str, Any]:
@@ -241,6 +244,8 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
     import pandas as pd
 
     t_start = time.time()
+    phases = _Phases()
+    phases.enter("prepare")
     storage = Path(cfg.storage).expanduser().resolve()
     storage.mkdir(parents=True, exist_ok=True)
     search_dir = storage / search_id
@@ -309,7 +314,9 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
                  StatusLineCallback(log, metric, mode, echo, cfg.search.num_trials if bounded else None)]
     if cfg.search.trial_timeout_s:
         callbacks.append(TrialTimeout(cfg.search.trial_timeout_s, mlflow_cb))
+    phases.enter("ray_start")
     _init_ray(cfg.address, None)
+    phases.enter("tune")
     if resume is None:
         searcher = PruneAwareOptunaSearch(
             space=plan.space.define_by_run(), metric=metric, mode=mode,
@@ -372,13 +379,17 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
     test_metrics: dict[str, float] = {}
     model_info: dict[str, Any] = {}
     if best_row is not None:
+        phases.enter("export")
         best_ckpt_dir = _export_best(grid, best_row.get("trial_id"), metric, mode, search_dir, plan, cfg)
         if best_ckpt_dir is not None and data.test is not None:
+            phases.enter("test")
             test_metrics = _score_test(best_ckpt_dir, data, cfg)
         if best_ckpt_dir is not None and cfg.tracking.log_best_model:
+            phases.enter("register")
             echo("logging the best checkpoint to MLflow as a registered model...")
             model_info = log_best_model(tracking_uri, parent, best_ckpt_dir,
                                         cfg.tracking.experiment or cfg.name, cfg.train.max_length)
+    phases.enter("finish")
     if status == "completed":
         _drop_trial_checkpoints(search_dir)
     counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("completed", "pruned", "failed")}
@@ -400,15 +411,36 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
         n_pruned=counts["pruned"], n_failed=counts["failed"], wall_seconds=time.time() - t_start,
         metric=metric, mode=mode, test_metrics=test_metrics, model=model_info, trials=trials_df,
     )
+    # "finish" stops here: ending the MLflow run and writing search.json are not timed.
+    result.phase_seconds = phases.done()
     summary = {"best_value": result.best_value or 0.0, "n_trials": result.n_trials,
                "n_completed": result.n_completed, "n_pruned": result.n_pruned, "n_failed": result.n_failed,
-               "wall_seconds": result.wall_seconds, **{f"test_{k.removeprefix('eval_')}": v for k, v in test_metrics.items()}}
+               "wall_seconds": result.wall_seconds, **{f"test_{k.removeprefix('eval_')}": v for k, v in test_metrics.items()},
+               **{f"phase_{k}_seconds": v for k, v in result.phase_seconds.items()}}
     if best_row:
         tracker.log_dict(parent, best_row["recipe"], "best_config.yaml")
     tracker.end_search(status, summary, {"autoft.best_trial_run": best_row.get("run_id", "") if best_row else ""})
     search_dir.mkdir(parents=True, exist_ok=True)
     (search_dir / "search.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
     return result
+
+
+class _Phases:
+    """Wall seconds per phase of the driver, phases entered one after another."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._name, self._t0 = "", 0.0
+
+    def enter(self, name: str) -> None:
+        now = time.perf_counter()
+        if self._name:
+            self.seconds[self._name] = self.seconds.get(self._name, 0.0) + now - self._t0
+        self._name, self._t0 = name, now
+
+    def done(self) -> dict[str, float]:
+        self.enter("")
+        return dict(self.seconds)
 
 
 class _SigintWatch:

@@ -62,7 +62,9 @@ def run(trials: int, samples: int, epochs: int, concurrency: int, model: str) ->
             # Where it goes: inside trials (model load, checkpoints, reporting; the driver's
             # start-to-end time of each trial minus its epochs) and once per search (the rest).
             "in_trial_s": (trial_wall - compute) / trials,
-            "per_search_s": wall - trial_wall / concurrency}
+            "per_search_s": wall - trial_wall / concurrency,
+            # The driver's own clock per phase; all but "tune" are paid once per search.
+            "phases": result.phase_seconds}
 
 
 def main() -> None:
@@ -87,6 +89,9 @@ def main() -> None:
         print(f"{r['concurrency']:>11} {r['trials']:>6} {r['mean_trial_s']:>14.1f} {r['wall_s']:>8.1f} "
               f"{r['trial_compute_s']:>16.1f} {r['overhead_per_trial_s']:>17.2f} {100 * r['overhead_share']:>9.1f}% "
               f"{r['in_trial_s']:>16.2f} {r['per_search_s']:>12.1f}")
+    print("per-search phases (s): " + " | ".join(
+        f"concurrency {r['concurrency']}: " + ", ".join(f"{k} {v:.1f}" for k, v in r["phases"].items() if k != "tune")
+        for r in rows))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"settings": {**vars(args), "output": str(args.output)},
                                        "load_start": load, "rows": rows}, indent=2))

@@ -139,6 +139,20 @@ def test_result_json_and_dataframe(finished_search):
     assert any("done 6/6" in line for line in lines)
 
 
+def test_phase_seconds_account_for_the_driver_wall_time(finished_search):
+    result, cfg, _ = finished_search
+    phases = result.phase_seconds
+    # This search has no test split, so no "test" phase.
+    assert set(phases) == {"prepare", "ray_start", "tune", "export", "register", "finish"}, phases
+    assert all(v >= 0 for v in phases.values())
+    # Phases follow one another: together they are the search's wall time, less the untimed end.
+    assert 0.9 * result.wall_seconds - 1 <= sum(phases.values()) <= result.wall_seconds + 0.05
+    assert phases["tune"] == max(phases.values())
+    parent = _client(result).get_run(result.mlflow_run_id).data.metrics
+    assert parent["phase_register_seconds"] == pytest.approx(phases["register"])
+    assert parent["phase_tune_seconds"] == pytest.approx(phases["tune"])
+
+
 def test_optuna_sees_every_epoch_and_the_best_value(finished_search):
     import optuna
 

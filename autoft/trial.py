@@ -362,7 +362,11 @@ def run_trial(
                      "label_names": data.label_names}
             root = opts.checkpoint_dir or tmp_root
             assert root is not None
-            cdir = ckpt.save_checkpoint(root / f"checkpoint-epoch-{epoch + 1}", model, optimizer, state)
+            # After the last epoch nothing resumes: AdamW's moments (twice the trainable
+            # weights) would only be written, copied by Ray into storage and deleted.
+            last = epoch + 1 == recipe.epochs
+            cdir = ckpt.save_checkpoint(root / f"checkpoint-epoch-{epoch + 1}", model,
+                                        None if last else optimizer, state)
             result.last_checkpoint = cdir
             if opts.checkpoint_dir is not None:
                 kept.append((value, cdir))

@@ -15,7 +15,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from autoft.outcome import classify
+from autoft.outcome import as_epoch, classify
 from autoft.recipe import RECIPE_FIELDS
 from autoft.space import TRIAL_NUMBER_KEY, SearchSpace
 from autoft.tracking import TRIAL_METRICS, SearchTracker, aligned_params, trial_run_name
@@ -54,13 +54,14 @@ class TrialLog:
             if status not in ("completed", "pruned", "failed"):
                 continue
             history: dict[int, dict[str, Any]] = {}
-            for name in (metric, "epoch_seconds", "train_samples"):
+            for name in (metric, "epoch_seconds", "train_samples", "epoch"):
                 for m in client.get_metric_history(run_id, name):
-                    history.setdefault(m.step, {"epoch": m.step})[name] = m.value
+                    history.setdefault(m.step, {"epoch": m.step, "step": m.step})[name] = as_epoch(
+                        m.value) if name == "epoch" else m.value
             params = {k: _parse(v) for k, v in run.data.params.items() if k in RECIPE_FIELDS}
             self.rows[int(key)] = {
                 "number": int(key), "trial_id": run.data.tags.get("autoft.ray_trial_id"), "status": status,
-                "reason": run.data.tags.get("autoft.reason", ""), "epochs": int(run.data.tags.get("autoft.last_epoch", 0)),
+                "reason": run.data.tags.get("autoft.reason", ""), "epochs": as_epoch(run.data.tags.get("autoft.last_epoch")),
                 "best": run.data.metrics.get(f"best_{metric}"), "wall_seconds": run.data.metrics.get("wall_seconds"),
                 "params": {k: v for k, v in params.items() if k in space.params and v != "n/a"},
                 "recipe": {k: v for k, v in params.items() if v != "n/a"}, "run_id": run_id,
@@ -108,22 +109,29 @@ class MlflowTrialCallback(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         number = trial_number(trial)
-        epoch = int(result.get("epoch") or result.get("training_iteration") or 0)
+        epoch = as_epoch(result.get("epoch") or result.get("training_iteration"))
+        # The MLflow step is the evaluation's number: the epoch, unless train.evals_per_epoch > 1,
+        # which then also logs "epoch" (0.5, 1, 1.5...) to plot against.
+        step = int(result.get("eval_step") or result.get("training_iteration") or epoch)
         metrics = {k: result[k] for k in TRIAL_METRICS if isinstance(result.get(k), (int, float))}
+        if metrics and step != epoch:
+            metrics["epoch"] = epoch
         run_id = self.tracker.trial_runs.get(str(number))
         if run_id and metrics:
-            self.tracker.log_metrics(run_id, metrics, step=epoch)
+            self.tracker.log_metrics(run_id, metrics, step=step)
         history = self.log.row(number)["history"]
-        # A resumed trial repeats the epochs after its last checkpoint: keep the newest.
-        history[:] = [h for h in history if h["epoch"] != epoch] + [{"epoch": epoch, **metrics}]
+        # A resumed trial repeats the evaluations after its last checkpoint: keep the newest.
+        history[:] = [h for h in history if h.get("step", h["epoch"]) != step] + [
+            {**metrics, "epoch": epoch, "step": step}]
 
     def _finish(self, trial: Any, error: bool) -> None:
         text = self.reasons.get(trial.trial_id) or (_error_text(trial) if error else "")
         outcome = classify(trial.last_result, error, text)
         self._close(trial_number(trial), outcome.status, outcome.reason, outcome.epoch)
 
-    def _close(self, number: int, status: str, reason: str, epoch: int) -> None:
+    def _close(self, number: int, status: str, reason: str, epoch: int | float) -> None:
         row = self.log.row(number)
+        step = max((h.get("step", h["epoch"]) for h in row["history"]), default=int(epoch))
         values = [h[self.metric] for h in row["history"] if self.metric in h]
         best = None
         summary: dict[str, float] = {"wall_seconds": time.time() - self._started.get(number, time.time())}
@@ -131,7 +139,7 @@ class MlflowTrialCallback(Callback):
             best = (max if self.mode == "max" else min)(values)
             summary[f"best_{self.metric}"] = best
             summary["best_epoch"] = next(h["epoch"] for h in row["history"] if h.get(self.metric) == best)
-        self.tracker.end_trial(str(number), status, reason, epoch, summary)
+        self.tracker.end_trial(str(number), status, reason, epoch, summary, step=step)
         row.update(status=status, reason=reason, epochs=epoch, best=best, wall_seconds=summary["wall_seconds"])
 
     def close_unfinished(self, reason: str) -> list[str]:
@@ -142,7 +150,7 @@ class MlflowTrialCallback(Callback):
         for number, row in self.log.rows.items():
             if row["status"] != "running" or str(number) not in self.tracker.trial_runs:
                 continue
-            epoch = max((int(h["epoch"]) for h in row["history"]), default=0)
+            epoch = max((as_epoch(h["epoch"]) for h in row["history"]), default=0)
             self._close(number, "killed", f"{reason} (after epoch {epoch})" if epoch else reason, epoch)
             if row.get("trial_id"):
                 ended.append(row["trial_id"])

@@ -104,7 +104,7 @@ def latest_complete(root: str | Path, pattern: str = "checkpoint-epoch-*") -> Pa
     candidates = []
     for d in Path(root).glob(pattern):
         try:
-            epoch = int(d.name.rsplit("-", 1)[1])
+            epoch = float(d.name.rsplit("-", 1)[1])  # 0.5 with train.evals_per_epoch 2
         except (IndexError, ValueError):
             continue
         if is_complete(d):

@@ -95,7 +95,8 @@ def train(
                          eval_batch_size=cfg.train.eval_batch_size, threads=cfg.train.threads,
                          checkpoint_dir=output.resolve(), keep_checkpoints=cfg.search.keep_checkpoints,
                          trust_remote_code=cfg.model.trust_remote_code, metric=cfg.search.metric,
-                         mode=cfg.search.mode, cache_frozen=cfg.train.cache_frozen)
+                         mode=cfg.search.mode, cache_frozen=cfg.train.cache_frozen,
+                         evals_per_epoch=cfg.train.evals_per_epoch)
     result = run_trial(plan.base_recipe, data, plan.model_path, PrintReporter(_err), options, resume_from)
     majority = float(max(_label_counts(data.validation.labels)) / len(data.validation))
     out = {"status": result.status, "reason": result.reason, "best": result.best,

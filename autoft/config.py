@@ -64,6 +64,10 @@ class TrainConfig(_Section):
     )
     cache_frozen: bool = Field(True, description="cache outputs of blocks frozen for the whole trial")
     threads: int | None = Field(None, ge=1, description="torch CPU threads per trial (default: cpus_per_trial)")
+    evals_per_epoch: int = Field(
+        1, ge=1, le=20,
+        description="evaluations (reports, checkpoints) per epoch; with long epochs, 2 lets the pruner stop a "
+                    "bad trial after half an epoch (pruning.grace_period then counts evaluations)")
 
 
 DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -119,7 +123,8 @@ class SearchConfig(_Section):
 
 class PruningConfig(_Section):
     scheduler: Literal["asha", "hyperband", "median", "none"] = "asha"
-    grace_period: int = Field(1, ge=1, description="epochs every trial runs before it can be stopped")
+    grace_period: int = Field(1, ge=1, description="evaluations (epochs, unless train.evals_per_epoch > 1) "
+                                                   "every trial runs before it can be stopped")
     reduction_factor: float = Field(2, gt=1)
     align_to_unfreezing: bool = Field(
         False, description="asha: a trial is not judged at a rung just before it unfreezes more blocks")

@@ -121,15 +121,21 @@ def model_label(cfg: ExperimentConfig) -> str:
 
 
 def _unfreeze_oracle(plan: SearchPlan) -> Any:
-    """``(trial config, epochs done) -> bool``: does the trial unfreeze more blocks next epoch?"""
+    """``(trial config, evaluations done) -> bool``: does the trial unfreeze more blocks right after
+    (only ever at the end of an epoch)?"""
     from autoft.freezing import unfreezes_after
     from autoft.recipe import RECIPE_FIELDS
 
     base, layers = plan.base_recipe.to_dict(), plan.num_layers
+    per_epoch = plan.cfg.train.evals_per_epoch
 
-    def oracle(config: dict[str, Any], epochs_done: int) -> bool:
+    def oracle(config: dict[str, Any], evals_done: int) -> bool:
+        # A trial with fewer steps than evals_per_epoch evaluates less often; this
+        # oracle then errs toward judging it, as plain ASHA would.
+        if evals_done % per_epoch:
+            return False
         recipe = Recipe.from_dict({**base, **{k: v for k, v in config.items() if k in RECIPE_FIELDS}})
-        return unfreezes_after(recipe, layers, epochs_done)
+        return unfreezes_after(recipe, layers, evals_done // per_epoch)
 
     return oracle
 
@@ -304,7 +310,8 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
              "options": {"device": cfg.train.device, "precision": cfg.train.precision,
                          "eval_batch_size": cfg.train.eval_batch_size, "threads": threads,
                          "trust_remote_code": cfg.model.trust_remote_code, "metric": metric, "mode": mode,
-                         "cache_frozen": cfg.train.cache_frozen, "cache_dir": storage / "prefix-cache"}}
+                         "cache_frozen": cfg.train.cache_frozen, "cache_dir": storage / "prefix-cache",
+                         "evals_per_epoch": cfg.train.evals_per_epoch}}
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, data=data, setup=setup),
         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial})
@@ -324,7 +331,9 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
             study_name=search_id, storage=optuna.storages.RDBStorage(f"sqlite:///{storage / 'optuna.db'}"),
             points_to_evaluate=plan.space.starting_points() if cfg.search.warm_start else None,
         )
-        scheduler = make_scheduler(cfg.pruning.scheduler, _max_epochs(plan), cfg.pruning.grace_period,
+        # The schedulers count reports (training_iteration): evaluations, not epochs.
+        scheduler = make_scheduler(cfg.pruning.scheduler, _max_epochs(plan) * cfg.train.evals_per_epoch,
+                                   cfg.pruning.grace_period,
                                    cfg.pruning.reduction_factor,
                                    _unfreeze_oracle(plan) if cfg.pruning.align_to_unfreezing else None)
         tuner = tune.Tuner(

@@ -14,23 +14,32 @@ COMPLETED, PRUNED, FAILED = "completed", "pruned", "failed"
 class Outcome:
     status: str  # completed | pruned | failed
     reason: str
-    epoch: int  # last epoch reported (0 = none)
+    epoch: int | float  # epochs done at the last report (0 = none; 0.5 with train.evals_per_epoch 2)
 
 
 def classify(result: dict[str, Any] | None, error: bool, error_text: str = "") -> Outcome:
     result = result or {}
-    epoch = int(result.get("epoch") or 0)
+    epoch = as_epoch(result.get("epoch"))
     if error:
         first = (error_text or "trial raised an error").strip().splitlines()
         return Outcome(FAILED, _last_meaningful(first) if first else "trial raised an error", epoch)
     if result.get("autoft_status") == "diverged":
         return Outcome(FAILED, str(result.get("autoft_reason") or "loss became NaN/inf"), epoch)
-    total = int(result.get("epochs_total") or 0)
+    total = as_epoch(result.get("epochs_total"))
     if epoch == 0:
         return Outcome(PRUNED, "stopped before its first evaluation", 0)
     if total and epoch < total:
         return Outcome(PRUNED, f"pruned at epoch {epoch}", epoch)
     return Outcome(COMPLETED, "", epoch)
+
+
+def as_epoch(value: Any) -> int | float:
+    """Epochs as a number that prints the way it reads: 2, not 2.0; 0.5 stays 0.5."""
+    try:
+        x = float(value or 0)
+    except (TypeError, ValueError):
+        return 0
+    return int(x) if x.is_integer() else x
 
 
 def _last_meaningful(lines: list[str]) -> str:

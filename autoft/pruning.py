@@ -40,10 +40,12 @@ def make_sampler(name: str, seed: int, num_trials: int) -> Any:
     raise ValueError(f"unknown sampler {name!r}")
 
 
-def make_scheduler(name: str, max_epochs: int, grace_period: int, reduction_factor: float,
+def make_scheduler(name: str, max_t: int, grace_period: int, reduction_factor: float,
                    unfreezes_after: Callable[[dict[str, Any], int], bool] | None = None) -> Any:
-    """``unfreezes_after(trial_config, epochs_done)``: given for ASHA, a trial is not judged at a
-    rung that falls just before it unfreezes more blocks (see :class:`UnfreezeAlignedASHA`)."""
+    """Times count reports (Ray's ``training_iteration``): evaluations, which are epochs unless
+    ``train.evals_per_epoch`` > 1. ``unfreezes_after(trial_config, evaluations_done)``: given for
+    ASHA, a trial is not judged at a rung that falls just before it unfreezes more blocks
+    (see :class:`UnfreezeAlignedASHA`)."""
     from ray.tune.schedulers import (
         ASHAScheduler,
         FIFOScheduler,
@@ -51,15 +53,15 @@ def make_scheduler(name: str, max_epochs: int, grace_period: int, reduction_fact
         MedianStoppingRule,
     )
 
-    grace = min(grace_period, max_epochs)
+    grace = min(grace_period, max_t)
     if name == "asha" and unfreezes_after is not None:
-        return UnfreezeAlignedASHA(unfreezes_after, time_attr="training_iteration", max_t=max_epochs,
+        return UnfreezeAlignedASHA(unfreezes_after, time_attr="training_iteration", max_t=max_t,
                                    grace_period=grace, reduction_factor=reduction_factor)
     if name == "asha":
-        return ASHAScheduler(time_attr="training_iteration", max_t=max_epochs, grace_period=grace,
+        return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=grace,
                              reduction_factor=reduction_factor)
     if name == "hyperband":
-        return HyperBandScheduler(time_attr="training_iteration", max_t=max_epochs,
+        return HyperBandScheduler(time_attr="training_iteration", max_t=max_t,
                                   reduction_factor=reduction_factor)
     if name == "median":
         return MedianStoppingRule(time_attr="training_iteration", grace_period=grace, min_samples_required=3)
@@ -136,7 +138,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
         if result.get("autoft_status") == "diverged" or self.metric not in result:
             return
         value = float(result[self.metric])
-        step = int(result.get("training_iteration") or result.get("epoch") or 0)
+        step = int(result.get("eval_step") or result.get("training_iteration") or result.get("epoch") or 0)
         ot_trial = self._ot_trials[trial_id]
         frozen = ot_trial.storage.get_trial(ot_trial._trial_id)
         if step not in frozen.intermediate_values and not frozen.state.is_finished():

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from autoft.errors import InputError
+from autoft.outcome import as_epoch
 from autoft.recipe import RECIPE_FIELDS, Recipe
 from autoft.resources import shared_dir
 
@@ -42,7 +43,9 @@ STATUS_COLORS = {"completed": "#2b6cb0", "pruned": "#dd6b20", "failed": "#c53030
 BEST_COLOR = "#6b46c1"
 FAILED = ("failed",)  # never ranked (controller._best_row); killed trials keep their values
 
-Points = list[tuple[int, float, int]]  # (step = epoch, value, timestamp in ms)
+# (epoch, value, timestamp in ms); epochs are the MLflow steps, or with train.evals_per_epoch > 1
+# the "epoch" each step logged (0.5, 1, 1.5...)
+Points = list[tuple[int | float, float, int]]
 
 
 # --------------------------------------------------------------------------- records
@@ -634,6 +637,9 @@ def load_search(tracking_uri: str, name: str, storage: str | Path | None = None)
             if key in run.data.metrics:
                 metrics[key] = [(int(m.step), float(m.value), int(m.timestamp))
                                 for m in client.get_metric_history(run.info.run_id, key)]
+        if "epoch" in run.data.metrics:  # several evaluations per epoch: steps count evaluations
+            epoch_of = {int(m.step): as_epoch(m.value) for m in client.get_metric_history(run.info.run_id, "epoch")}
+            metrics = {k: [(epoch_of.get(s, s), v, ts) for s, v, ts in pts] for k, pts in metrics.items()}
         trials.append(TrialRecord(
             number=int(t.get("autoft.optuna_trial", -1 - i)), status=status, params=dict(run.data.params),
             metrics=metrics, summary={k: v for k, v in run.data.metrics.items() if k not in HISTORY_METRICS},

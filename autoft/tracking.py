@@ -140,8 +140,10 @@ class SearchTracker:
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
-    def end_trial(self, trial_key: str, status: str, reason: str, epoch: int,
-                  summary: dict[str, float]) -> None:
+    def end_trial(self, trial_key: str, status: str, reason: str, epoch: int | float,
+                  summary: dict[str, float], step: int | None = None) -> None:
+        """``epoch``: epochs done (0.5 with train.evals_per_epoch 2); ``step``: the MLflow step of
+        the last report (its evaluation count; the epoch when omitted)."""
         run_id = self.trial_runs.get(trial_key)
         if run_id is None:
             return
@@ -152,7 +154,7 @@ class SearchTracker:
             tags["autoft.pruned_at_epoch"] = epoch
         self.set_tags(run_id, tags)
         if summary:
-            self.log_metrics(run_id, summary, step=epoch)
+            self.log_metrics(run_id, summary, step=int(epoch) if step is None else step)
         self.client.set_terminated(run_id, STATUS_TO_MLFLOW.get(status, "FINISHED"))
 
     def close_open_trials(self, status: str, reason: str) -> int:

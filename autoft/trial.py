@@ -48,6 +48,9 @@ class RunOptions:
     cache_frozen: bool = True  # reuse outputs of the never-trained prefix (prefix_cache)
     cache_dir: Path | None = None  # shared cache folder; None = the system temp folder
     epoch_hook: Any = None  # called as hook(epoch, model) before each epoch (fault-injection tests)
+    # Evaluate, report and checkpoint this many times per epoch: with long epochs, the pruner
+    # can stop a bad trial after half an epoch instead of a whole one.
+    evals_per_epoch: int = 1
 
 
 @dataclass
@@ -207,6 +210,18 @@ def _maybe_installed(model: nn.Module, layout: ModelLayout, depth: int) -> Any:
         yield stand_in
 
 
+def evals_in_epoch(steps: int, evals_per_epoch: int) -> list[int]:
+    """The optimizer step (exclusive) at which each evaluation of an epoch falls: the
+    epoch cut into near-equal parts, never more parts than steps."""
+    n = max(1, min(evals_per_epoch, steps))
+    return [math.ceil(steps * (k + 1) / n) for k in range(n)]
+
+
+def epoch_progress(epoch: int, part: int, parts: int) -> int | float:
+    """Epochs done at an evaluation: whole epochs stay ints (1, 2), parts are 0.5, 1.25..."""
+    return epoch + 1 if part + 1 == parts else round(epoch + (part + 1) / parts, 4)
+
+
 def _better(a: float, b: float, mode: str) -> bool:
     return a > b if mode == "max" else a < b
 
@@ -264,7 +279,7 @@ def run_trial(
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
 
     # 3. Resume.
-    start_epoch, history = 0, []
+    done_evals, history = 0, []
     best: dict[str, Any] | None = None
     if resume_from is not None:
         state = ckpt.load_trainer_state(resume_from)
@@ -273,7 +288,8 @@ def run_trial(
             ckpt.load_optimizer(resume_from, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         ckpt.restore_rng(resume_from)
-        start_epoch, history, best = state["epoch"], state["history"], state.get("best")
+        history, best = state["history"], state.get("best")
+        done_evals = _evals_done(state, len(evals_in_epoch(steps_per_epoch, opts.evals_per_epoch)))
 
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     result = TrialResult(status="completed", reason="", history=history, best=best)
@@ -287,6 +303,8 @@ def run_trial(
         if result.best is not None:
             result.best_checkpoint = next((p for v, p in kept if v == result.best[opts.metric]), None)
 
+    parts = evals_in_epoch(steps_per_epoch, opts.evals_per_epoch)
+    start_epoch, start_part = divmod(done_evals, len(parts))
     try:
         for epoch in range(start_epoch, recipe.epochs):
             if opts.epoch_hook is not None:
@@ -294,92 +312,112 @@ def run_trial(
             plan = plan_for_epoch(recipe, layout.num_layers, epoch)
             apply_plan(layout, model, plan.training_blocks, plan.embeddings_train)
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            t0 = time.perf_counter()
-            loss_sum, seen = 0.0, 0
-            diverged = ""
-            with _maybe_installed(model, layout, depth) as stand_in:
-                for step, idx in enumerate(batch_indices(data.train, recipe.batch_size, shuffle=True,
-                                                         seed=recipe.seed * 1000 + epoch)):
-                    ids, mask, labels = collate(data.train, idx, data.pad_token_id)
-                    if stand_in is not None:
-                        stand_in.current = cached["train"].batch(idx, ids.shape[1]).to(device)
-                    ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
-                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                        logits = model(input_ids=ids, attention_mask=mask).logits
-                    loss = loss_fn(logits.float(), labels)
-                    if anchors:
-                        loss = loss + 0.5 * recipe.l2sp_alpha * sum(
-                            ((p - p0) ** 2).sum() for p, p0 in anchors if p.requires_grad)
-                    if not torch.isfinite(loss):
-                        diverged = f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}"
-                        break
-                    scaler.scale(loss).backward()
-                    if recipe.max_grad_norm > 0:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(
-                            [p for p in model.parameters() if p.requires_grad], recipe.max_grad_norm)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    loss_sum += loss.item() * len(labels)
-                    seen += len(labels)
-            train_seconds = time.perf_counter() - t0
-            if diverged:
-                result.status, result.reason = "diverged", diverged
-                metrics = {"epoch": epoch + 1, "epochs_total": recipe.epochs,
-                           "autoft_status": "diverged", "autoft_reason": diverged,
-                           opts.metric: 0.0 if opts.mode == "max" else 1e9}
+            order = batch_indices(data.train, recipe.batch_size, shuffle=True, seed=recipe.seed * 1000 + epoch)
+            first = start_part if epoch == start_epoch else 0
+            for part in range(first, len(parts)):
+                t0 = time.perf_counter()
+                loss_sum, seen = 0.0, 0
+                diverged = ""
+                with _maybe_installed(model, layout, depth) as stand_in:
+                    for step in range(parts[part - 1] if part else 0, parts[part]):
+                        idx = order[step]
+                        ids, mask, labels = collate(data.train, idx, data.pad_token_id)
+                        if stand_in is not None:
+                            stand_in.current = cached["train"].batch(idx, ids.shape[1]).to(device)
+                        ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+                        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                            logits = model(input_ids=ids, attention_mask=mask).logits
+                        loss = loss_fn(logits.float(), labels)
+                        if anchors:
+                            loss = loss + 0.5 * recipe.l2sp_alpha * sum(
+                                ((p - p0) ** 2).sum() for p, p0 in anchors if p.requires_grad)
+                        if not torch.isfinite(loss):
+                            diverged = f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}"
+                            break
+                        scaler.scale(loss).backward()
+                        if recipe.max_grad_norm > 0:
+                            scaler.unscale_(optimizer)
+                            torch.nn.utils.clip_grad_norm_(
+                                [p for p in model.parameters() if p.requires_grad], recipe.max_grad_norm)
+                        scaler.step(optimizer)
+                        scaler.update()
+                        scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                        loss_sum += loss.item() * len(labels)
+                        seen += len(labels)
+                train_seconds = time.perf_counter() - t0
+                progress = epoch_progress(epoch, part, len(parts))
+                done_evals = epoch * len(parts) + part + 1
+                if diverged:
+                    result.status, result.reason = "diverged", diverged
+                    metrics = {"epoch": progress, "eval_step": done_evals, "epochs_total": recipe.epochs,
+                               "autoft_status": "diverged", "autoft_reason": diverged,
+                               opts.metric: 0.0 if opts.mode == "max" else 1e9}
+                    result.history.append(metrics)
+                    reporter.report(metrics, None)
+                    return result
+                with _maybe_installed(model, layout, depth) as stand_in:
+                    ev = evaluate(model, data.validation, opts.eval_batch_size, data.pad_token_id, device, amp,
+                                  (stand_in, cached["validation"]) if stand_in is not None else None)
+                # evaluate() put every module back in train mode; frozen ones must not drop out.
+                apply_plan(layout, model, plan.training_blocks, plan.embeddings_train)
+                last = epoch + 1 == recipe.epochs and part + 1 == len(parts)
+                metrics = {
+                    "epoch": progress,
+                    "eval_step": done_evals,
+                    "epochs_total": recipe.epochs,
+                    "train_loss": loss_sum / max(1, seen),
+                    **ev,
+                    "learning_rate": optimizer.param_groups[-1]["lr"],
+                    "trainable_params": trainable,
+                    "blocks_training": len(plan.training_blocks),
+                    # Since the previous evaluation (the epoch, unless train.evals_per_epoch > 1).
+                    "epoch_seconds": time.perf_counter() - t0,
+                    "train_seconds": train_seconds,
+                    "train_samples": seen,
+                    "train_samples_per_second": seen / max(train_seconds, 1e-9),
+                    "cached_prefix_depth": depth,
+                    "autoft_status": "completed" if last else "running",
+                }
+                value = metrics[opts.metric]
+                if result.best is None or _better(value, result.best[opts.metric], opts.mode):
+                    result.best = dict(metrics)
                 result.history.append(metrics)
-                reporter.report(metrics, None)
-                break
-            with _maybe_installed(model, layout, depth) as stand_in:
-                ev = evaluate(model, data.validation, opts.eval_batch_size, data.pad_token_id, device, amp,
-                              (stand_in, cached["validation"]) if stand_in is not None else None)
-            metrics = {
-                "epoch": epoch + 1,
-                "epochs_total": recipe.epochs,
-                "train_loss": loss_sum / max(1, seen),
-                **ev,
-                "learning_rate": optimizer.param_groups[-1]["lr"],
-                "trainable_params": trainable,
-                "blocks_training": len(plan.training_blocks),
-                "epoch_seconds": time.perf_counter() - t0,
-                "train_seconds": train_seconds,
-                "train_samples": seen,
-                "train_samples_per_second": seen / max(train_seconds, 1e-9),
-                "cached_prefix_depth": depth,
-                "autoft_status": "running",
-            }
-            if epoch + 1 == recipe.epochs:
-                metrics["autoft_status"] = "completed"
-            value = metrics[opts.metric]
-            if result.best is None or _better(value, result.best[opts.metric], opts.mode):
-                result.best = dict(metrics)
-            result.history.append(metrics)
-            state = {"epoch": epoch + 1, "scheduler": scheduler.state_dict(),
-                     "history": result.history, "best": result.best, "recipe": recipe.to_dict(),
-                     "label_names": data.label_names}
-            root = opts.checkpoint_dir or tmp_root
-            assert root is not None
-            # After the last epoch nothing resumes: AdamW's moments (twice the trainable
-            # weights) would only be written, copied by Ray into storage and deleted.
-            last = epoch + 1 == recipe.epochs
-            cdir = ckpt.save_checkpoint(root / f"checkpoint-epoch-{epoch + 1}", model,
-                                        None if last else optimizer, state)
-            result.last_checkpoint = cdir
-            if opts.checkpoint_dir is not None:
-                kept.append((value, cdir))
-                kept = _prune_kept(kept, opts.keep_checkpoints, opts.mode, keep=cdir)
-                best_val = result.best[opts.metric]
-                result.best_checkpoint = next((p for v, p in kept if v == best_val), result.best_checkpoint)
-            reporter.report(metrics, cdir)
-            if tmp_root is not None:
-                shutil.rmtree(cdir, ignore_errors=True)
+                state = {"epoch": progress, "eval_step": done_evals, "evals_per_epoch": len(parts),
+                         "scheduler": scheduler.state_dict(),
+                         "history": result.history, "best": result.best, "recipe": recipe.to_dict(),
+                         "label_names": data.label_names}
+                root = opts.checkpoint_dir or tmp_root
+                assert root is not None
+                # After the last evaluation nothing resumes: AdamW's moments (twice the trainable
+                # weights) would only be written, copied by Ray into storage and deleted.
+                cdir = ckpt.save_checkpoint(root / f"checkpoint-epoch-{progress}", model,
+                                            None if last else optimizer, state)
+                result.last_checkpoint = cdir
+                if opts.checkpoint_dir is not None:
+                    kept.append((value, cdir))
+                    kept = _prune_kept(kept, opts.keep_checkpoints, opts.mode, keep=cdir)
+                    best_val = result.best[opts.metric]
+                    result.best_checkpoint = next((p for v, p in kept if v == best_val), result.best_checkpoint)
+                reporter.report(metrics, cdir)
+                if tmp_root is not None:
+                    shutil.rmtree(cdir, ignore_errors=True)
     finally:
         if tmp_root is not None:
             shutil.rmtree(tmp_root, ignore_errors=True)
     return result
+
+
+def _evals_done(state: dict[str, Any], parts: int) -> int:
+    """Evaluations a checkpoint stands for, in this run's evaluations per epoch."""
+    saved_parts = int(state.get("evals_per_epoch", 1))  # older checkpoints: one per epoch
+    epoch = state["epoch"]
+    if saved_parts == parts:
+        return int(state.get("eval_step", epoch))
+    if float(epoch).is_integer():
+        return int(epoch) * parts
+    raise ValueError(f"checkpoint taken at epoch {epoch}, {saved_parts} evaluations per epoch: resume with "
+                     f"train.evals_per_epoch={saved_parts}")
 
 
 def _existing_checkpoints(root: Path, history: list[dict[str, Any]], metric: str) -> list[tuple[float, Path]]:

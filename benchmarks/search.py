@@ -68,6 +68,8 @@ VARIANTS = {
     "grace2": ["pruning.grace_period=2"],
     "median": ["pruning.scheduler=median"],
     "nopruning": ["pruning.scheduler=none"],
+    # Judged after half an epoch (grace 1 evaluation), then at every half epoch.
+    "half": ["train.evals_per_epoch=2"],
 }
 ALL_SYSTEMS = (*SEARCH_SYSTEMS, "b4", *VARIANTS)
 NAMES = {
@@ -76,6 +78,7 @@ NAMES = {
     "grace2": "autoft ASHA grace 2",
     "median": "autoft median stopping",
     "nopruning": "autoft no pruning",
+    "half": "autoft eval every half epoch",
     "autoft": "autoft defaults",
     "b1": "B1 Trainer.hp_search",
     "b2": "B2 Ray+Optuna+ASHA",
@@ -230,8 +233,11 @@ def run_autoft_search(w: dict[str, Any], extra: list[str]) -> dict[str, Any]:
         if not row.run_id:
             continue
         samples = {m.step: m.value for m in client.get_metric_history(row.run_id, "train_samples")}
+        # Steps count evaluations; with several per epoch, each also logged its "epoch".
+        epoch_of = {m.step: m.value for m in client.get_metric_history(row.run_id, "epoch")}
         for m in client.get_metric_history(row.run_id, METRIC):
-            evals.append({"t": m.timestamp / 1000 - t0, "trial": str(row.number), "epoch": int(m.step),
+            evals.append({"t": m.timestamp / 1000 - t0, "trial": str(row.number),
+                          "epoch": epoch_of.get(m.step, int(m.step)),
                           "score": float(m.value), "samples": int(samples.get(m.step, 0))})
     import ray
 

@@ -33,11 +33,12 @@ def tiny_overrides_module(tiny_model, tiny_data, tmp_path_factory):
             "train.max_length=32", f"storage={tmp_path_factory.mktemp('runs')}"]
 
 
-def _run(prepared, cache: bool, cache_dir: Path, **knobs):
+def _run(prepared, cache: bool, cache_dir: Path, evals_per_epoch: int = 1, **knobs):
     cfg, plan, data = prepared
     rep = Collect()
     result = run_trial(cfg.base_recipe({"dropout": 0.1, **knobs}), data, plan.model_path, rep,
-                       RunOptions(threads=1, cache_frozen=cache, cache_dir=cache_dir))
+                       RunOptions(threads=1, cache_frozen=cache, cache_dir=cache_dir,
+                                  evals_per_epoch=evals_per_epoch))
     return rep.history, result
 
 
@@ -55,6 +56,18 @@ def test_same_metrics_with_and_without_cache(prepared, tmp_path, knobs):
     for a, b in zip(plain, fast, strict=True):
         for key in ("train_loss", "eval_loss", "eval_accuracy", "eval_f1"):
             assert b[key] == pytest.approx(a[key], abs=1e-5), key
+
+
+def test_same_metrics_with_and_without_cache_when_evaluating_mid_epoch(prepared, tmp_path):
+    """An evaluation mid-epoch must leave the frozen blocks in eval mode (no dropout),
+    as the cache assumes: else the two runs part after the first half epoch."""
+    knobs = {"num_frozen_layers": 1, "unfreeze_schedule": "gradual", "unfreeze_every": 1, "evals_per_epoch": 2}
+    plain, _ = _run(prepared, False, tmp_path, **knobs)
+    fast, _ = _run(prepared, True, tmp_path, **knobs)
+    assert len(plain) == 6
+    for a, b in zip(plain, fast, strict=True):
+        for key in ("train_loss", "eval_loss", "eval_accuracy", "eval_f1"):
+            assert b[key] == pytest.approx(a[key], abs=1e-5), (a["epoch"], key)
 
 
 def test_cache_is_built_once_and_shared(prepared, tmp_path):

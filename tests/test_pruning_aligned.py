@@ -22,7 +22,7 @@ class FakeTrial:
 def scheduler(aligned: bool):
     # Trials with "unfreeze_at": n unfreeze more blocks after n epochs.
     oracle = (lambda config, done: config.get("unfreeze_at") == done) if aligned else None
-    s = make_scheduler("asha", max_epochs=4, grace_period=1, reduction_factor=2, unfreezes_after=oracle)
+    s = make_scheduler("asha", max_t=4, grace_period=1, reduction_factor=2, unfreezes_after=oracle)
     s.set_search_properties("m", "max")
     return s
 

@@ -20,7 +20,7 @@ from autoft import checkpoint as ckpt
 from autoft.config import ExperimentConfig, load_config
 from autoft.controller import plan_search, tokenize_for
 from autoft.data import PreparedData
-from autoft.trial import RunOptions, TrialResult, run_trial
+from autoft.trial import RunOptions, TrialResult, epoch_progress, evals_in_epoch, run_trial
 
 EPOCH_KEYS = {"train_loss", "eval_loss", "eval_accuracy", "eval_f1", "learning_rate",
               "trainable_params", "epoch_seconds"}
@@ -69,9 +69,9 @@ class Setup:
 
     def run(self, reporter: Any = None, checkpoint_dir: Path | None = None, keep: int = 1,
             resume_from: Path | None = None, metric: str = "eval_f1", mode: str = "max",
-            **recipe: Any) -> TrialResult:
+            evals_per_epoch: int = 1, **recipe: Any) -> TrialResult:
         options = RunOptions(device="cpu", precision="fp32", threads=1, checkpoint_dir=checkpoint_dir,
-                             keep_checkpoints=keep, metric=metric, mode=mode)
+                             keep_checkpoints=keep, metric=metric, mode=mode, evals_per_epoch=evals_per_epoch)
         return run_trial(self.recipe(**recipe), self.data, self.model_path, reporter or ListReporter(),
                          options, resume_from=resume_from)
 
@@ -349,6 +349,58 @@ def test_latest_complete_skips_torn_checkpoints(classifier: nn.Module, tmp_path:
     assert ckpt.latest_complete(tmp_path) == tmp_path / "checkpoint-epoch-1"
     (tmp_path / "checkpoint-epoch-1" / "model.safetensors").unlink()
     assert ckpt.latest_complete(tmp_path) is None
+
+
+# --------------------------------------------------------------------------- evaluations within an epoch
+
+
+def test_evals_in_epoch_cut_near_equal_parts() -> None:
+    assert evals_in_epoch(10, 1) == [10]
+    assert evals_in_epoch(10, 2) == [5, 10]
+    assert evals_in_epoch(7, 3) == [3, 5, 7]
+    assert evals_in_epoch(3, 4) == [1, 2, 3]  # never more evaluations than steps
+    assert [epoch_progress(0, p, 2) for p in (0, 1)] == [0.5, 1]
+    assert isinstance(epoch_progress(1, 1, 2), int)
+
+
+def test_two_evaluations_per_epoch(setup: Setup, tmp_path: Path) -> None:
+    rep = ListReporter()
+    result = setup.run(rep, checkpoint_dir=tmp_path / "ckpt", keep=4, epochs=2, evals_per_epoch=2)
+    assert result.status == "completed"
+    assert [m["epoch"] for m in rep.metrics] == [0.5, 1, 1.5, 2]
+    assert [m["eval_step"] for m in rep.metrics] == [1, 2, 3, 4]
+    assert [m["autoft_status"] for m in rep.metrics] == ["running"] * 3 + ["completed"]
+    n = len(setup.data.train)
+    assert [m["train_samples"] for m in rep.metrics] == [n // 2, n - n // 2] * 2  # 10 steps of 16: 5 + 5
+    assert [c.name for _, c in rep.reports] == [f"checkpoint-epoch-{e}" for e in ("0.5", "1", "1.5", "2")]
+    assert rep.metrics[-1]["learning_rate"] == pytest.approx(0.0, abs=1e-12)
+    assert "optimizer.safetensors" in rep.dir_contents[2] and "optimizer.safetensors" not in rep.dir_contents[3]
+    assert ckpt.latest_complete(tmp_path / "ckpt") == tmp_path / "ckpt" / "checkpoint-epoch-2"
+    # The epoch's training is the same, only looked at more often: same weights at its end.
+    whole = setup.run(checkpoint_dir=tmp_path / "whole", epochs=2)
+    assert_tensors_close(weights(tmp_path / "ckpt" / "checkpoint-epoch-2"), weights(whole.last_checkpoint))
+    assert whole.history[-1]["eval_f1"] == pytest.approx(rep.metrics[-1]["eval_f1"], abs=1e-6)
+
+
+def test_resume_mid_epoch_equals_uninterrupted_run(setup: Setup, tmp_path: Path) -> None:
+    recipe = {"epochs": 2, "dropout": 0.2, "seed": 7, "num_frozen_layers": 1, "evals_per_epoch": 2}
+    a, b = tmp_path / "A", tmp_path / "B"
+    full = setup.run(checkpoint_dir=a, keep=4, **recipe)
+    with pytest.raises(Interrupt):
+        setup.run(StopAfter(3), checkpoint_dir=b, keep=4, **recipe)  # killed after epoch 1.5
+    assert ckpt.latest_complete(b) == b / "checkpoint-epoch-1.5"
+    rep = ListReporter()
+    resumed = setup.run(rep, checkpoint_dir=b, keep=4, resume_from=b / "checkpoint-epoch-1.5", **recipe)
+    assert [m["epoch"] for m in rep.metrics] == [2]
+    assert_tensors_close(weights(a / "checkpoint-epoch-2"), weights(b / "checkpoint-epoch-2"))
+    assert_history_equal(full.history, resumed.history)
+
+
+def test_resume_mid_epoch_with_other_evals_per_epoch_is_refused(setup: Setup, tmp_path: Path) -> None:
+    with pytest.raises(Interrupt):
+        setup.run(StopAfter(1), checkpoint_dir=tmp_path, epochs=2, evals_per_epoch=2)
+    with pytest.raises(ValueError, match="train.evals_per_epoch=2"):
+        setup.run(checkpoint_dir=tmp_path, epochs=2, resume_from=tmp_path / "checkpoint-epoch-0.5")
 
 
 def test_latest_complete_orders_epochs_numerically(classifier: nn.Module, tmp_path: Path) -> None:

@@ -45,20 +45,28 @@ class TrialLog:
     def row(self, number: int) -> dict[str, Any]:
         return self.rows.setdefault(number, {"number": number, "status": "running", "history": []})
 
-    def load_finished_from_mlflow(self, tracker: SearchTracker, space: SearchSpace, metric: str) -> None:
-        """A resumed search starts with the trials that ended before the interruption."""
+    def load_from_mlflow(self, tracker: SearchTracker, space: SearchSpace, metric: str) -> None:
+        """A resumed search starts with what its trials reported before the interruption:
+        the finished ones whole, the unfinished ones (Ray resumes them from a checkpoint)
+        with the evaluations they reported, so their best counts even if it came before
+        the interruption."""
         client = tracker.client
         for key, run_id in tracker.trial_runs.items():
             run = client.get_run(run_id)
             status = run.data.tags.get("autoft.status", "")
-            if status not in ("completed", "pruned", "failed"):
-                continue
             history: dict[int, dict[str, Any]] = {}
             for name in (metric, "epoch_seconds", "train_samples", "epoch"):
                 for m in client.get_metric_history(run_id, name):
                     history.setdefault(m.step, {"epoch": m.step, "step": m.step})[name] = as_epoch(
                         m.value) if name == "epoch" else m.value
             params = {k: _parse(v) for k, v in run.data.params.items() if k in RECIPE_FIELDS}
+            if status not in ("completed", "pruned", "failed"):
+                self.rows[int(key)] = {"number": int(key), "trial_id": run.data.tags.get("autoft.ray_trial_id"),
+                                       "status": "running", "run_id": run_id,
+                                       "params": {k: v for k, v in params.items() if k in space.params and v != "n/a"},
+                                       "recipe": {k: v for k, v in params.items() if v != "n/a"},
+                                       "history": [history[s] for s in sorted(history)]}
+                continue
             self.rows[int(key)] = {
                 "number": int(key), "trial_id": run.data.tags.get("autoft.ray_trial_id"), "status": status,
                 "reason": run.data.tags.get("autoft.reason", ""), "epochs": as_epoch(run.data.tags.get("autoft.last_epoch")),

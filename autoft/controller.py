@@ -300,7 +300,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
     else:
         parent = resume.parent_run_id
         tracker.attach_search(parent)
-        log.load_finished_from_mlflow(tracker, plan.space, metric)
+        log.load_from_mlflow(tracker, plan.space, metric)
 
     import optuna
 
@@ -378,8 +378,9 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
         status = "failed"
     why = "the search's time budget ran out" if cfg.search.time_budget_s else "the search ended"
     cut_short = mlflow_cb.close_unfinished(why)
-    if resume is None:
-        searcher.close_unfinished(cut_short, why)
+    live_searcher = searcher if resume is None else _restored_searcher(tuner)
+    if live_searcher is not None:
+        live_searcher.close_unfinished(cut_short, why)
     tracker.close_open_trials("killed", "search ended before the trial finished")
 
     rows = sorted(log.rows.values(), key=lambda r: r.get("number", 0))
@@ -478,6 +479,16 @@ class _SigintWatch:
         self.fired = (exc[0] is None and signal.getsignal(signal.SIGINT) is self._before
                       and os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") in ("", "0"))
         signal.signal(signal.SIGINT, self._before)
+
+
+def _restored_searcher(tuner: Any) -> Any:
+    """The searcher a restored Tuner ran with: Ray rebuilt it from its saved state and
+    offers no public handle on it (it lives in the tuner's TuneConfig)."""
+    from autoft.pruning import PruneAwareOptunaSearch
+
+    config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
+    alg = getattr(config, "search_alg", None)
+    return alg if isinstance(alg, PruneAwareOptunaSearch) else None
 
 
 def _trial_dirname(trial: Any) -> str:

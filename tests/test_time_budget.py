@@ -72,3 +72,67 @@ def test_optuna_holds_no_running_trial(budget_search):
     assert not [t.number for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
     killed = [t for t in study.trials if t.user_attrs.get("autoft_status") == "killed"]
     assert killed and all(t.state == optuna.trial.TrialState.PRUNED for t in killed)
+
+
+# --------------------------------------------------------------------------- resumed, then cut by the budget
+
+
+@pytest.fixture(scope="module")
+def killed_then_resumed_with_budget(tiny_model, tiny_data, tmp_path_factory):
+    """A budgeted search whose driver is killed mid-trial, resumed with `autoft resume`:
+    the restored run's budget cuts the trial again, and only the restored searcher can
+    tell Optuna so."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path_factory.mktemp("budget-resume")
+    storage = root / "runs"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", MLFLOW_LOGGING_LEVEL="WARNING")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    autoft = [sys.executable, "-m", "autoft.cli"]
+    args = ["search", "--name", "budgetresume", "--storage", str(storage), "--time-budget", "25",
+            "--max-concurrent", "1", "--set", f"model.path={tiny_model}",
+            "--set", f"data.train={tiny_data['train']}", "--set", f"data.validation={tiny_data['validation']}",
+            "--set", "train.epochs=400", "--set", "train.batch_size=16", "--set", "train.max_length=32",
+            "--set", "pruning.scheduler=none", "--set", "search.metric=eval_loss", "--set", "search.mode=min",
+            "--set", "tracking.log_best_model=false"]
+    proc = subprocess.Popen(autoft + args, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        # Kill once the first trial has a checkpoint and Ray has saved its state (every 2 s).
+        while not list(storage.glob("budgetresume-*/trial_*/checkpoint_00000[2-9]")):
+            if proc.poll() is not None:
+                pytest.fail("search ended before it could be killed:\n" + proc.stderr.read()[-2000:])
+            if time.time() > deadline:
+                pytest.fail("search made no progress")
+            time.sleep(0.5)
+        time.sleep(2.5)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    search_id = next(p.name for p in storage.iterdir() if p.name.startswith("budgetresume-"))
+    resumed = subprocess.run(autoft + ["resume", search_id, "--storage", str(storage), "--json"], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return json.loads(resumed.stdout.strip().splitlines()[-1]), storage
+
+
+def test_resumed_search_cut_by_its_budget_leaves_no_running_optuna_trial(killed_then_resumed_with_budget):
+    result, storage = killed_then_resumed_with_budget
+    study = optuna.load_study(study_name=result["search_id"], storage=f"sqlite:///{storage / 'optuna.db'}")
+    assert study.trials
+    assert not [t.number for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    killed = [t for t in study.trials if t.user_attrs.get("autoft_status") == "killed"]
+    assert killed and all(t.state == optuna.trial.TrialState.PRUNED for t in killed)
+    assert all("time budget" in t.user_attrs["autoft_reason"] for t in killed)
+    client = MlflowClient(result["tracking_uri"] if "tracking_uri" in result else f"sqlite:///{storage / 'mlflow.db'}")
+    runs = client.search_runs([result["mlflow_experiment_id"]], "tags.`autoft.role` = 'trial'", max_results=100)
+    assert runs and all(r.info.status != "RUNNING" for r in runs)
+    assert result["best_value"] is not None

@@ -147,7 +147,7 @@ def test_phase_seconds_account_for_the_driver_wall_time(finished_search):
     assert all(v >= 0 for v in phases.values())
     # Phases follow one another: together they are the search's wall time, less the untimed end.
     assert 0.9 * result.wall_seconds - 1 <= sum(phases.values()) <= result.wall_seconds + 0.05
-    assert phases["tune"] == max(phases.values())
+    assert phases["tune"] > 0 and phases["register"] > 0
     parent = _client(result).get_run(result.mlflow_run_id).data.metrics
     assert parent["phase_register_seconds"] == pytest.approx(phases["register"])
     assert parent["phase_tune_seconds"] == pytest.approx(phases["tune"])

@@ -408,6 +408,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
         metric: r.get("best"), "epochs": r.get("epochs"), "reason": r.get("reason", ""),
         "wall_seconds": r.get("wall_seconds"),
         "compute_seconds": sum(h.get("epoch_seconds", 0.0) for h in r["history"]),
+        "checkpoint_seconds": sum(h.get("checkpoint_seconds", 0.0) for h in r["history"]),
         "train_samples": sum(h.get("train_samples", 0) for h in r["history"]),
         "run_id": r.get("run_id"), **(r.get("params") or {}),
     } for r in rows])

@@ -391,8 +391,11 @@ def run_trial(
                 assert root is not None
                 # After the last evaluation nothing resumes: AdamW's moments (twice the trainable
                 # weights) would only be written, copied by Ray into storage and deleted.
+                t_save = time.perf_counter()
                 cdir = ckpt.save_checkpoint(root / f"checkpoint-epoch-{progress}", model,
                                             None if last else optimizer, state)
+                # Not in the checkpoint's own history: it is known only once that is written.
+                metrics["checkpoint_seconds"] = time.perf_counter() - t_save
                 result.last_checkpoint = cdir
                 if opts.checkpoint_dir is not None:
                     kept.append((value, cdir))

@@ -55,6 +55,7 @@ def run(trials: int, samples: int, epochs: int, concurrency: int, model: str) ->
         result = run_search(cfg, echo=lambda *_: None)
         wall = time.perf_counter() - t0
     compute = float(result.trials["compute_seconds"].sum())
+    saving = float(result.trials["checkpoint_seconds"].sum())
     trial_wall = float(result.trials["wall_seconds"].sum())
     return {"concurrency": concurrency, "trials": trials, "wall_s": wall, "trial_compute_s": compute,
             "mean_trial_s": compute / trials, "overhead_per_trial_s": (wall - compute / concurrency) / trials,
@@ -62,6 +63,7 @@ def run(trials: int, samples: int, epochs: int, concurrency: int, model: str) ->
             # Where it goes: inside trials (model load, checkpoints, reporting; the driver's
             # start-to-end time of each trial minus its epochs) and once per search (the rest).
             "in_trial_s": (trial_wall - compute) / trials,
+            "checkpoint_s": saving / trials,  # of which: writing checkpoints (Ray's copy into storage not included)
             "per_search_s": wall - trial_wall / concurrency,
             # The driver's own clock per phase; all but "tune" are paid once per search.
             "phases": result.phase_seconds}
@@ -89,6 +91,8 @@ def main() -> None:
         print(f"{r['concurrency']:>11} {r['trials']:>6} {r['mean_trial_s']:>14.1f} {r['wall_s']:>8.1f} "
               f"{r['trial_compute_s']:>16.1f} {r['overhead_per_trial_s']:>17.2f} {100 * r['overhead_share']:>9.1f}% "
               f"{r['in_trial_s']:>16.2f} {r['per_search_s']:>12.1f}")
+    print("in-trial, writing checkpoints (s/trial): " + " | ".join(
+        f"concurrency {r['concurrency']}: {r['checkpoint_s']:.2f}" for r in rows))
     print("per-search phases (s): " + " | ".join(
         f"concurrency {r['concurrency']}: " + ", ".join(f"{k} {v:.1f}" for k, v in r["phases"].items() if k != "tune")
         for r in rows))

@@ -115,6 +115,7 @@ def test_trial_reports_once_per_epoch(setup: Setup, tmp_path: Path) -> None:
         assert 0 <= metrics["eval_accuracy"] <= 1 and 0 <= metrics["eval_f1"] <= 1
         assert metrics["train_samples"] == len(setup.data.train)
         assert metrics["epoch_seconds"] > 0 and metrics["learning_rate"] >= 0
+        assert 0 < metrics["checkpoint_seconds"] < metrics["epoch_seconds"] + 60
         assert cdir == tmp_path / "ckpt" / f"checkpoint-epoch-{i}"
     assert [m["autoft_status"] for m in rep.metrics] == ["running", "completed"]
     # Nothing frozen: every parameter trains.

@@ -77,3 +77,24 @@ def test_a_trial_that_unfreezes_every_epoch_is_still_judged() -> None:
     assert feed(s, oracle_all, 1, 0.1) == CONTINUE
     oracle_all.config["unfreeze_at"] = 2  # would ask to skip again at rung 2
     assert feed(s, oracle_all, 2, 0.1) == STOP
+
+
+@pytest.mark.parametrize("evals_per_epoch", [1, 2])
+def test_controller_oracle_counts_evaluations(evals_per_epoch: int) -> None:
+    """With two evaluations per epoch, the unfreeze after epoch 1 comes after evaluation 2;
+    evaluation 1 (mid-epoch) never stands before an unfreeze."""
+    from types import SimpleNamespace
+
+    from autoft.config import ExperimentConfig
+    from autoft.controller import _unfreeze_oracle
+    from autoft.freezing import unfreezes_after
+
+    cfg = ExperimentConfig.model_validate({"train": {"epochs": 3, "evals_per_epoch": evals_per_epoch}})
+    base = cfg.base_recipe({"num_frozen_layers": 4, "unfreeze_schedule": "gradual", "unfreeze_every": 1})
+    oracle = _unfreeze_oracle(SimpleNamespace(cfg=cfg, base_recipe=base, num_layers=6))
+    config = {"num_frozen_layers": 4, "unfreeze_schedule": "gradual", "unfreeze_every": 1}
+    got = [oracle(config, done) for done in range(1, 3 * evals_per_epoch + 1)]
+    epochs = [unfreezes_after(base, 6, e) for e in (1, 2, 3)]
+    assert any(epochs)
+    want = epochs if evals_per_epoch == 1 else [x for e in epochs for x in (False, e)]
+    assert got == want

@@ -86,6 +86,16 @@ def tiny_overrides(tiny_model: Path, tiny_data: dict[str, Path], tmp_path: Path)
     ]
 
 
+def search_children(result):
+    """``(client, trial runs)`` of a finished search, read back through MLflow's client."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(result.tracking_uri)
+    runs = client.search_runs([result.mlflow_experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{result.mlflow_run_id}'", max_results=100)
+    return client, runs
+
+
 TINY_SEARCH_TRIALS = 6
 
 

@@ -4,6 +4,7 @@ Optuna, the leaderboard and the report all count evaluations, with the epoch bes
 from __future__ import annotations
 
 import pytest
+from conftest import search_children as _children
 
 pytestmark = pytest.mark.ray
 
@@ -29,15 +30,6 @@ def half_search(tmp_path_factory, tiny_model, tiny_data):
     result = run_search(cfg, echo=lambda *_: None)
     yield result, root / "runs"
     ray.shutdown()
-
-
-def _children(result):
-    from mlflow import MlflowClient
-
-    client = MlflowClient(result.tracking_uri)
-    runs = client.search_runs([result.mlflow_experiment_id],
-                              f"tags.`mlflow.parentRunId` = '{result.mlflow_run_id}'", max_results=100)
-    return client, runs
 
 
 def test_mlflow_steps_count_evaluations_and_log_the_epoch(half_search):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import optuna
 import pytest
+from conftest import search_children as _children
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.ray
@@ -34,13 +35,6 @@ def budget_search(tiny_model, tiny_data, tmp_path_factory):
     result = run_search(cfg, echo=lines.append)
     yield result, lines
     ray.shutdown()
-
-
-def _children(result):
-    client = MlflowClient(result.tracking_uri)
-    runs = client.search_runs([result.mlflow_experiment_id],
-                              f"tags.`mlflow.parentRunId` = '{result.mlflow_run_id}'", max_results=100)
-    return client, runs
 
 
 def test_trials_cut_by_the_budget_are_closed_with_their_best(budget_search):

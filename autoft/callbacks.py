@@ -15,7 +15,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from autoft.outcome import as_epoch, classify
+from autoft.outcome import as_epoch, classify, eval_step
 from autoft.recipe import RECIPE_FIELDS
 from autoft.space import TRIAL_NUMBER_KEY, SearchSpace
 from autoft.tracking import TRIAL_METRICS, SearchTracker, aligned_params, trial_run_name
@@ -60,21 +60,17 @@ class TrialLog:
                     history.setdefault(m.step, {"epoch": m.step, "step": m.step})[name] = as_epoch(
                         m.value) if name == "epoch" else m.value
             params = {k: _parse(v) for k, v in run.data.params.items() if k in RECIPE_FIELDS}
-            if status not in ("completed", "pruned", "failed"):
-                self.rows[int(key)] = {"number": int(key), "trial_id": run.data.tags.get("autoft.ray_trial_id"),
-                                       "status": "running", "run_id": run_id,
-                                       "params": {k: v for k, v in params.items() if k in space.params and v != "n/a"},
-                                       "recipe": {k: v for k, v in params.items() if v != "n/a"},
-                                       "history": [history[s] for s in sorted(history)]}
-                continue
-            self.rows[int(key)] = {
-                "number": int(key), "trial_id": run.data.tags.get("autoft.ray_trial_id"), "status": status,
-                "reason": run.data.tags.get("autoft.reason", ""), "epochs": as_epoch(run.data.tags.get("autoft.last_epoch")),
-                "best": run.data.metrics.get(f"best_{metric}"), "wall_seconds": run.data.metrics.get("wall_seconds"),
+            row = self.rows[int(key)] = {
+                "number": int(key), "trial_id": run.data.tags.get("autoft.ray_trial_id"), "status": "running",
                 "params": {k: v for k, v in params.items() if k in space.params and v != "n/a"},
                 "recipe": {k: v for k, v in params.items() if v != "n/a"}, "run_id": run_id,
                 "history": [history[s] for s in sorted(history)],
             }
+            if status in ("completed", "pruned", "failed"):
+                row.update(status=status, reason=run.data.tags.get("autoft.reason", ""),
+                           epochs=as_epoch(run.data.tags.get("autoft.last_epoch")),
+                           best=run.data.metrics.get(f"best_{metric}"),
+                           wall_seconds=run.data.metrics.get("wall_seconds"))
 
 
 def _parse(v: str) -> Any:
@@ -120,7 +116,7 @@ class MlflowTrialCallback(Callback):
         epoch = as_epoch(result.get("epoch") or result.get("training_iteration"))
         # The MLflow step is the evaluation's number: the epoch, unless train.evals_per_epoch > 1,
         # which then also logs "epoch" (0.5, 1, 1.5...) to plot against.
-        step = int(result.get("eval_step") or result.get("training_iteration") or epoch)
+        step = eval_step(result)
         metrics = {k: result[k] for k in TRIAL_METRICS if isinstance(result.get(k), (int, float))}
         if metrics and step != epoch:
             metrics["epoch"] = epoch
@@ -129,7 +125,7 @@ class MlflowTrialCallback(Callback):
             self.tracker.log_metrics(run_id, metrics, step=step)
         history = self.log.row(number)["history"]
         # A resumed trial repeats the evaluations after its last checkpoint: keep the newest.
-        history[:] = [h for h in history if h.get("step", h["epoch"]) != step] + [
+        history[:] = [h for h in history if h["step"] != step] + [
             {**metrics, "epoch": epoch, "step": step}]
 
     def _finish(self, trial: Any, error: bool) -> None:
@@ -139,7 +135,7 @@ class MlflowTrialCallback(Callback):
 
     def _close(self, number: int, status: str, reason: str, epoch: int | float) -> None:
         row = self.log.row(number)
-        step = max((h.get("step", h["epoch"]) for h in row["history"]), default=int(epoch))
+        step = max((h["step"] for h in row["history"]), default=int(epoch))
         values = [h[self.metric] for h in row["history"] if self.metric in h]
         best = None
         summary: dict[str, float] = {"wall_seconds": time.time() - self._started.get(number, time.time())}

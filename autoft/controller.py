@@ -359,6 +359,8 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
         # Tuner.restore has no run_config argument; the pickled callbacks hold the
         # dead driver's state, so this run's callbacks replace them.
         tuner._local_tuner._run_config.callbacks = callbacks
+        # Ray restores the searcher's state into this same object when fit() starts.
+        searcher = _restored_searcher(tuner)
     status = "completed"
     try:
         with _SigintWatch() as sigint:
@@ -378,9 +380,8 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
         status = "failed"
     why = "the search's time budget ran out" if cfg.search.time_budget_s else "the search ended"
     cut_short = mlflow_cb.close_unfinished(why)
-    live_searcher = searcher if resume is None else _restored_searcher(tuner)
-    if live_searcher is not None:
-        live_searcher.close_unfinished(cut_short, why)
+    if searcher is not None:
+        searcher.close_unfinished(cut_short, why)
     tracker.close_open_trials("killed", "search ended before the trial finished")
 
     rows = sorted(log.rows.values(), key=lambda r: r.get("number", 0))

@@ -33,6 +33,12 @@ def classify(result: dict[str, Any] | None, error: bool, error_text: str = "") -
     return Outcome(COMPLETED, "", epoch)
 
 
+def eval_step(result: dict[str, Any]) -> int:
+    """The result's evaluation number, 1-based: the MLflow and Optuna step (the epoch,
+    unless train.evals_per_epoch > 1)."""
+    return int(result.get("eval_step") or result.get("training_iteration") or result.get("epoch") or 0)
+
+
 def as_epoch(value: Any) -> int | float:
     """Epochs as a number that prints the way it reads: 2, not 2.0; 0.5 stays 0.5."""
     try:

@@ -15,7 +15,7 @@ from typing import Any
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from autoft.outcome import COMPLETED, FAILED, PRUNED, classify
+from autoft.outcome import COMPLETED, FAILED, PRUNED, classify, eval_step
 
 
 def make_sampler(name: str, seed: int, num_trials: int) -> Any:
@@ -138,7 +138,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
         if result.get("autoft_status") == "diverged" or self.metric not in result:
             return
         value = float(result[self.metric])
-        step = int(result.get("eval_step") or result.get("training_iteration") or result.get("epoch") or 0)
+        step = eval_step(result)
         ot_trial = self._ot_trials[trial_id]
         frozen = ot_trial.storage.get_trial(ot_trial._trial_id)
         if step not in frozen.intermediate_values and not frozen.state.is_finished():

@@ -142,9 +142,9 @@ class SearchTracker:
         return run.info.run_id
 
     def end_trial(self, trial_key: str, status: str, reason: str, epoch: int | float,
-                  summary: dict[str, float], step: int | None = None) -> None:
+                  summary: dict[str, float], step: int) -> None:
         """``epoch``: epochs done (0.5 with train.evals_per_epoch 2); ``step``: the MLflow step of
-        the last report (its evaluation count; the epoch when omitted)."""
+        the last report (its evaluation count)."""
         run_id = self.trial_runs.get(trial_key)
         if run_id is None:
             return
@@ -155,7 +155,7 @@ class SearchTracker:
             tags["autoft.pruned_at_epoch"] = epoch
         self.set_tags(run_id, tags)
         if summary:
-            self.log_metrics(run_id, summary, step=int(epoch) if step is None else step)
+            self.log_metrics(run_id, summary, step=step)
         self.client.set_terminated(run_id, STATUS_TO_MLFLOW.get(status, "FINISHED"))
 
     def close_open_trials(self, status: str, reason: str) -> int:

@@ -273,6 +273,7 @@ def run_trial(
     if recipe.l2sp_alpha > 0:
         anchors = [(p, p.detach().clone()) for p in params if id(p) not in head_ids]
     steps_per_epoch = math.ceil(len(data.train) / recipe.batch_size)
+    parts = evals_in_epoch(steps_per_epoch, opts.evals_per_epoch)
     total_steps = steps_per_epoch * recipe.epochs
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(recipe.warmup_ratio * total_steps), total_steps)
@@ -289,7 +290,7 @@ def run_trial(
         scheduler.load_state_dict(state["scheduler"])
         ckpt.restore_rng(resume_from)
         history, best = state["history"], state.get("best")
-        done_evals = _evals_done(state, len(evals_in_epoch(steps_per_epoch, opts.evals_per_epoch)))
+        done_evals = _evals_done(state, len(parts))
 
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     result = TrialResult(status="completed", reason="", history=history, best=best)
@@ -303,7 +304,6 @@ def run_trial(
         if result.best is not None:
             result.best_checkpoint = next((p for v, p in kept if v == result.best[opts.metric]), None)
 
-    parts = evals_in_epoch(steps_per_epoch, opts.evals_per_epoch)
     start_epoch, start_part = divmod(done_evals, len(parts))
     try:
         for epoch in range(start_epoch, recipe.epochs):

@@ -13,7 +13,9 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from typing import Any
 from autoft.config import UNBOUNDED_TRIALS, ExperimentConfig, config_to_dict
 from autoft.data import PreparedData, TextData, load_text_data, prepare_data
 from autoft.errors import InputError
-from autoft.models import check_model_dir, load_tokenizer, model_config
+from autoft.models import check_model_dir, load_tokenizer, model_config, preload_classifier_code
 from autoft.recipe import Recipe
 from autoft.space import SearchSpace, load_space
 
@@ -55,8 +57,9 @@ class SearchResult:
     mode: str = "max"
     test_metrics: dict[str, float] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)  # registered model name, version, URIs
-    # Where the driver's wall time went (prepare, ray_start, tune, export, test, register, finish):
-    # everything but "tune" is paid once per search, whatever the trials cost.
+    # Where the driver's wall time went (prepare, ray_start, tune, export, test, register, finish;
+    # ray_start includes opening MLflow, which runs beside it): everything but "tune" is paid
+    # once per search, whatever the trials cost.
     phase_seconds: dict[str, float] = field(default_factory=dict)
     trials: Any = None  # pandas.DataFrame
 
@@ -271,36 +274,35 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
         MlflowTrialCallback,
         PrunedCheckpointJanitor,
         StatusLineCallback,
-        TrialLog,
         TrialTimeout,
     )
     from autoft.pruning import PruneAwareOptunaSearch, make_sampler, make_scheduler
     from autoft.ray_trainable import tune_trial
-    from autoft.tracking import SearchTracker, default_tracking_uri, log_best_model
+    from autoft.tracking import log_best_model
 
-    tracking_uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(storage)
-    tracker = SearchTracker(tracking_uri, cfg.tracking.experiment or cfg.name, storage / "mlartifacts")
     static = {"model": str(cfg.model.path), "dataset": plan.text.identity["train"],
               "n_train": len(data.train), "n_validation": len(data.validation), "max_length": cfg.train.max_length}
-    log = TrialLog()
-    if resume is None:
-        parent = tracker.start_search(search_id, {
-            "space": plan.space.name, "sampler": cfg.search.sampler, "scheduler": cfg.pruning.scheduler,
-            "num_trials": cfg.search.num_trials, "time_budget_s": budget, "max_concurrent": cfg.search.max_concurrent,
-            "metric": metric, "mode": mode, "search_seed": cfg.search.seed,
-            "grace_period": cfg.pruning.grace_period, "reduction_factor": cfg.pruning.reduction_factor,
-            **static}, {"autoft.storage": str(search_dir)})
-        tracker.log_dict(parent, config_to_dict(cfg), "config.yaml")
-        tracker.log_dict(parent, _space_dict(plan.space), "space.yaml")
-        search_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(search_dir / STATE_FILE, {
-            "search_id": search_id, "parent_run_id": parent, "experiment_id": tracker.experiment_id,
-            "tracking_uri": tracking_uri, "config": config_to_dict(cfg), "space": _space_dict(plan.space),
-            "created": dt.datetime.now().isoformat(timespec="seconds")})
-    else:
-        parent = resume.parent_run_id
-        tracker.attach_search(parent)
-        log.load_from_mlflow(tracker, plan.space, metric)
+    # Ray's start-up is mostly waiting on its processes; MLflow's (imports, a new store's
+    # migrations, the parent run) is mostly the driver's CPU: the two overlap.
+    phases.enter("ray_start")
+    with ThreadPoolExecutor(1, thread_name_prefix="autoft-mlflow") as pool:
+        opening = pool.submit(_open_tracking, cfg, plan, search_id, resume, static)
+        try:
+            _init_ray(cfg.address, None)
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                opened = opening.result()
+                opened[0].end_search("failed", {}, {"autoft.reason": f"Ray did not start: {exc}"[:500]})
+            raise
+        tracker, parent, log = opening.result()
+    tracking_uri = tracker.uri
+    # The driver imports the model's classes only to score the test set at the end, and
+    # the import costs seconds: it runs beside Tune, while the first trial's worker starts.
+    preload = None
+    if data.test is not None and not cfg.model.trust_remote_code:
+        preload = threading.Thread(target=preload_classifier_code, args=(plan.model_path,),
+                                   name="autoft-preload", daemon=True)
+        preload.start()
 
     import optuna
 
@@ -321,8 +323,6 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
                  StatusLineCallback(log, metric, mode, echo, cfg.search.num_trials if bounded else None)]
     if cfg.search.trial_timeout_s:
         callbacks.append(TrialTimeout(cfg.search.trial_timeout_s, mlflow_cb))
-    phases.enter("ray_start")
-    _init_ray(cfg.address, None)
     phases.enter("tune")
     if resume is None:
         searcher = PruneAwareOptunaSearch(
@@ -394,6 +394,8 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
         best_ckpt_dir = _export_best(grid, best_row.get("trial_id"), metric, mode, search_dir, plan, cfg)
         if best_ckpt_dir is not None and data.test is not None:
             phases.enter("test")
+            if preload is not None:
+                preload.join()
             test_metrics = _score_test(best_ckpt_dir, data, cfg)
         if best_ckpt_dir is not None and cfg.tracking.log_best_model:
             phases.enter("register")
@@ -435,6 +437,38 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
     search_dir.mkdir(parents=True, exist_ok=True)
     (search_dir / "search.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
     return result
+
+
+def _open_tracking(cfg: ExperimentConfig, plan: SearchPlan, search_id: str, resume: _Resume | None,
+                   static: dict[str, Any]) -> tuple[Any, str, Any]:
+    """The search's MLflow side: a new parent run (with the config, the space and the
+    resume state file), or the interrupted search's run and the trials it recorded."""
+    from autoft.callbacks import TrialLog
+    from autoft.tracking import SearchTracker, default_tracking_uri
+
+    storage = Path(cfg.storage).expanduser().resolve()
+    search_dir = storage / search_id
+    tracking_uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(storage)
+    tracker = SearchTracker(tracking_uri, cfg.tracking.experiment or cfg.name, storage / "mlartifacts")
+    log = TrialLog()
+    if resume is not None:
+        tracker.attach_search(resume.parent_run_id)
+        log.load_from_mlflow(tracker, plan.space, cfg.search.metric)
+        return tracker, resume.parent_run_id, log
+    parent = tracker.start_search(search_id, {
+        "space": plan.space.name, "sampler": cfg.search.sampler, "scheduler": cfg.pruning.scheduler,
+        "num_trials": cfg.search.num_trials, "time_budget_s": cfg.search.time_budget_s,
+        "max_concurrent": cfg.search.max_concurrent, "metric": cfg.search.metric, "mode": cfg.search.mode,
+        "search_seed": cfg.search.seed, "grace_period": cfg.pruning.grace_period,
+        "reduction_factor": cfg.pruning.reduction_factor, **static}, {"autoft.storage": str(search_dir)})
+    tracker.log_dict(parent, config_to_dict(cfg), "config.yaml")
+    tracker.log_dict(parent, _space_dict(plan.space), "space.yaml")
+    search_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(search_dir / STATE_FILE, {
+        "search_id": search_id, "parent_run_id": parent, "experiment_id": tracker.experiment_id,
+        "tracking_uri": tracking_uri, "config": config_to_dict(cfg), "space": _space_dict(plan.space),
+        "created": dt.datetime.now().isoformat(timespec="seconds")})
+    return tracker, parent, log
 
 
 class _Phases:

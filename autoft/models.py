@@ -108,3 +108,18 @@ def load_classifier(
             if isinstance(m, nn.Dropout):
                 m.p = float(dropout)
     return model
+
+
+def preload_classifier_code(path: Path) -> None:
+    """Import the classifier class of the model at ``path`` ahead of its first use.
+
+    Importing a model family's modeling code costs seconds (transformers pulls in
+    torch.distributed, dynamo, sympy); a caller with idle time pays it early. Failing
+    here costs nothing: the real load imports again and reports the error."""
+    try:
+        from transformers import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(model_config(path))]
+        import sklearn.metrics  # noqa: F401  (scoring's own import, a second)
+    except Exception:  # noqa: BLE001
+        return

@@ -290,9 +290,10 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
         try:
             _init_ray(cfg.address, None)
         except BaseException as exc:
+            status = "killed" if isinstance(exc, KeyboardInterrupt) else "failed"
             with contextlib.suppress(Exception):
-                opened = opening.result()
-                opened[0].end_search("failed", {}, {"autoft.reason": f"Ray did not start: {exc}"[:500]})
+                opening.result()[0].end_search(status, {}, {
+                    "autoft.reason": f"Ray did not start: {type(exc).__name__}: {exc}"[:500]})
             raise
         tracker, parent, log = opening.result()
     tracking_uri = tracker.uri

@@ -12,24 +12,28 @@ from pathlib import Path
 import pytest
 
 
-def test_ray_that_does_not_start_ends_the_mlflow_search_run_failed(tiny_overrides, monkeypatch):
+@pytest.mark.parametrize(("error", "status"), [
+    (ConnectionError("could not reach a Ray cluster at 10.9.9.9:6379"), "failed"),
+    (KeyboardInterrupt("10.9.9.9: Ctrl-C while Ray started"), "killed"),
+])
+def test_ray_that_does_not_start_ends_the_mlflow_search_run(tiny_overrides, monkeypatch, error, status):
     from mlflow import MlflowClient
 
     import autoft.controller as controller
     from autoft.config import load_config
 
     def no_cluster(address, num_cpus):
-        raise ConnectionError("could not reach a Ray cluster at 10.9.9.9:6379")
+        raise error
 
     monkeypatch.setattr(controller, "_init_ray", no_cluster)
     cfg = load_config(None, [*tiny_overrides, "name=noray", "search.num_trials=2"])
-    with pytest.raises(ConnectionError, match="10.9.9.9"):
+    with pytest.raises(type(error), match="10.9.9.9"):
         controller.run_search(cfg, echo=lambda *_: None)
     state = json.loads(next(Path(cfg.storage).glob("noray-*/autoft_search.json")).read_text())
     run = MlflowClient(state["tracking_uri"]).get_run(state["parent_run_id"])
-    assert run.info.status == "FAILED"
-    assert run.data.tags["autoft.status"] == "failed"
-    assert "Ray did not start" in run.data.tags["autoft.reason"]
+    assert run.info.status == status.upper()
+    assert run.data.tags["autoft.status"] == status
+    assert f"Ray did not start: {type(error).__name__}" in run.data.tags["autoft.reason"]
     assert "10.9.9.9" in run.data.tags["autoft.reason"]
 
 

@@ -286,7 +286,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
     # migrations, the parent run) is mostly the driver's CPU: the two overlap.
     phases.enter("ray_start")
     with ThreadPoolExecutor(1, thread_name_prefix="autoft-mlflow") as pool:
-        opening = pool.submit(_open_tracking, cfg, plan, search_id, resume, static)
+        opening = pool.submit(_open_tracking, cfg, plan, search_dir, resume, static)
         try:
             _init_ray(cfg.address, None)
         except BaseException as exc:
@@ -440,15 +440,14 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
     return result
 
 
-def _open_tracking(cfg: ExperimentConfig, plan: SearchPlan, search_id: str, resume: _Resume | None,
+def _open_tracking(cfg: ExperimentConfig, plan: SearchPlan, search_dir: Path, resume: _Resume | None,
                    static: dict[str, Any]) -> tuple[Any, str, Any]:
     """The search's MLflow side: a new parent run (with the config, the space and the
     resume state file), or the interrupted search's run and the trials it recorded."""
     from autoft.callbacks import TrialLog
     from autoft.tracking import SearchTracker, default_tracking_uri
 
-    storage = Path(cfg.storage).expanduser().resolve()
-    search_dir = storage / search_id
+    storage, search_id = search_dir.parent, search_dir.name
     tracking_uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(storage)
     tracker = SearchTracker(tracking_uri, cfg.tracking.experiment or cfg.name, storage / "mlartifacts")
     log = TrialLog()
@@ -462,12 +461,13 @@ def _open_tracking(cfg: ExperimentConfig, plan: SearchPlan, search_id: str, resu
         "max_concurrent": cfg.search.max_concurrent, "metric": cfg.search.metric, "mode": cfg.search.mode,
         "search_seed": cfg.search.seed, "grace_period": cfg.pruning.grace_period,
         "reduction_factor": cfg.pruning.reduction_factor, **static}, {"autoft.storage": str(search_dir)})
-    tracker.log_dict(parent, config_to_dict(cfg), "config.yaml")
-    tracker.log_dict(parent, _space_dict(plan.space), "space.yaml")
+    config, space = config_to_dict(cfg), _space_dict(plan.space)
+    tracker.log_dict(parent, config, "config.yaml")
+    tracker.log_dict(parent, space, "space.yaml")
     search_dir.mkdir(parents=True, exist_ok=True)
     _write_json(search_dir / STATE_FILE, {
         "search_id": search_id, "parent_run_id": parent, "experiment_id": tracker.experiment_id,
-        "tracking_uri": tracking_uri, "config": config_to_dict(cfg), "space": _space_dict(plan.space),
+        "tracking_uri": tracking_uri, "config": config, "space": space,
         "created": dt.datetime.now().isoformat(timespec="seconds")})
     return tracker, parent, log
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TINY_SEARCH_TRIALS
+from conftest import TINY_SEARCH_TRIALS, search_children
 
 pytestmark = pytest.mark.ray
 
@@ -30,9 +30,7 @@ def _client(result):
 
 
 def _children(result):
-    client = _client(result)
-    return client.search_runs([result.mlflow_experiment_id],
-                              f"tags.`mlflow.parentRunId` = '{result.mlflow_run_id}'", max_results=100)
+    return search_children(result)[1]
 
 
 def test_parent_and_exactly_one_child_per_trial(finished_search):

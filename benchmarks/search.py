@@ -566,9 +566,11 @@ def run_isolated(w: dict[str, Any], log_path: Path, timeout_s: float) -> dict[st
 # --------------------------------------------------------------------------- analysis
 
 
-def hit(run: dict[str, Any], target: float) -> dict[str, Any]:
+def hit(run: dict[str, Any], target: float | None) -> dict[str, Any]:
     """Seconds and training examples until the first epoch at or above target (None if never)."""
     evals = sorted(run["evals"], key=lambda e: e["t"])
+    if target is None:  # no search system ran on this seed (variants only): nothing to reach
+        return {"t": None, "examples": None}
     first = next((e for e in evals if e["score"] >= target - 1e-12), None)
     if first is None:
         return {"t": None, "examples": None}
@@ -791,8 +793,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--keep", action="store_true", help="keep the temporary storage folders")
     ap.add_argument("--tolerance", type=float, default=TOLERANCE,
                     help="target = best validation macro-F1 found by any search system minus this")
-    ap.add_argument("--reanalyze", type=Path, metavar="JSON",
-                    help="print the tables of an earlier results file (e.g. with another --tolerance); run nothing")
+    ap.add_argument("--reanalyze", type=Path, nargs="+", metavar="JSON",
+                    help="print the tables of earlier results files (e.g. with another --tolerance); several "
+                         "files' runs are pooled, so targets come from every file's search systems; run nothing")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.trials is None:
@@ -822,6 +825,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# Runs are comparable only on the same data, model and training sizes.
+SAME_WORK = ("samples", "val_samples", "epochs", "max_length", "batch_size", "concurrency", "data")
+
+
+def _model_name(path: str) -> str:
+    return "/".join(Path(path).parts[-2:])  # the same package's model, whichever environment held it
+
+
+def pooled_runs(paths: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The first file's settings and every file's finished runs (each run keeps its own budget)."""
+    files = [json.loads(p.read_text()) for p in paths]
+    first = files[0]["settings"]
+    for path, f in zip(paths[1:], files[1:]):
+        differ = [k for k in SAME_WORK if f["settings"].get(k) != first.get(k)]
+        differ += ["model"] * (_model_name(f["settings"]["model"]) != _model_name(first["model"]))
+        if differ:
+            sys.exit(f"--reanalyze: {path} differs from {paths[0]} in {', '.join(differ)}; pool only runs "
+                     "of the same data and training sizes")
+    runs = [{**r, "budget_s": r.get("budget_s", f["settings"].get("budget_s"))}
+            for f in files for r in f["runs"]]
+    settings = {**first, "dataset_list": sorted({d for f in files for d in f["settings"]["dataset_list"]}),
+                "seeds": max(f["settings"]["seeds"] for f in files)}
+    return settings, runs
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -832,10 +860,9 @@ def main(argv: list[str] | None = None) -> int:
         child_main(args.child)
         return 0
     if args.reanalyze:
-        old = json.loads(args.reanalyze.read_text())
-        st = old["settings"]
-        systems = [s for s in ALL_SYSTEMS if any(r["system"] == s for r in old["runs"])]
-        print(report(summarize(old["runs"], st["dataset_list"], systems, st["epochs"], args.tolerance,
+        st, runs = pooled_runs(args.reanalyze)
+        systems = [s for s in ALL_SYSTEMS if any(r["system"] == s for r in runs)]
+        print(report(summarize(runs, st["dataset_list"], systems, st["epochs"], args.tolerance,
                                st.get("budget_s")), st["seeds"]))
         return 0
     if {"b1", "b4"} & set(args.system_list) and importlib.util.find_spec("accelerate") is None:
@@ -881,6 +908,9 @@ def main(argv: list[str] | None = None) -> int:
                             f"chosen {rec['chosen']}")
                     if not args.keep:
                         shutil.rmtree(storage, ignore_errors=True)
+                    # Every finished run is on disk at once: a later failure (or Ctrl-C) loses
+                    # no measurement, and --reanalyze reads a partial file.
+                    save(args, model, data, load_start, t_start, runs)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -888,6 +918,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(runs, args.dataset_list, args.system_list, args.epochs, args.tolerance, args.budget_s)
     text = report(summary, args.seeds)
     print(text)
+    save(args, model, data, load_start, t_start, runs, summary, text)
+    log(f"wrote {args.output} ({time.time() - t_start:.0f}s total)")
+    return 0
+
+
+def save(args: argparse.Namespace, model: str, data: dict[str, Any], load_start: list[float], t_start: float,
+         runs: list[dict[str, Any]], summary: dict[str, Any] | None = None, text: str | None = None) -> None:
     import torch
     import transformers
 
@@ -901,11 +938,12 @@ def main(argv: list[str] | None = None) -> int:
                         "transformers": transformers.__version__, "cpu_count": os.cpu_count(),
                         "load_average_start": load_start, "load_average_end": list(os.getloadavg())},
         "summary": summary, "runs": runs, "table": text, "wall_seconds": time.time() - t_start,
+        "complete": summary is not None,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    log(f"wrote {args.output} ({result['wall_seconds']:.0f}s total)")
-    return 0
+    tmp = args.output.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    tmp.replace(args.output)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from autoft import checkpoint as ckpt
-from autoft import prefix_cache
+from autoft import prefix_cache, scratch
 from autoft.data import PreparedData, TokenizedSplit, batch_indices, collate
 from autoft.freezing import never_trained_prefix, plan_for_epoch
 from autoft.layers import ModelLayout, find_layout
@@ -295,7 +295,7 @@ def run_trial(
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     result = TrialResult(status="completed", reason="", history=history, best=best)
     kept: list[tuple[float, Path]] = []
-    tmp_root = Path(tempfile.mkdtemp(prefix="autoft-ckpt-")) if opts.checkpoint_dir is None else None
+    tmp_root = scratch.make() if opts.checkpoint_dir is None else None
     if resume_from is not None and opts.checkpoint_dir is not None:
         kept = _existing_checkpoints(opts.checkpoint_dir, result.history, opts.metric)
         result.last_checkpoint = Path(resume_from)
@@ -407,7 +407,7 @@ def run_trial(
                     shutil.rmtree(cdir, ignore_errors=True)
     finally:
         if tmp_root is not None:
-            shutil.rmtree(tmp_root, ignore_errors=True)
+            scratch.release(tmp_root)
     return result
 
 

@@ -23,6 +23,12 @@ def faulty_search(tmp_path_factory, tiny_model, tiny_data):
         (markers / f"{number}.{kind}").touch()
     mp = pytest.MonkeyPatch()
     mp.setenv("AUTOFT_FAULTS_DIR", str(markers))  # inherited by the Ray workers started below
+    # The workers' checkpoint scratch folders go here (Ray's own session files stay in /tmp:
+    # its socket paths must stay short).
+    scratch_root = root / "tmp"
+    scratch_root.mkdir()
+    mp.setenv("TMPDIR", str(scratch_root))
+    mp.setenv("RAY_TMPDIR", "/tmp")
     ray.shutdown()
     cfg = load_config(None, [
         f"model.path={tiny_model}", f"data.train={tiny_data['train']}",
@@ -37,7 +43,7 @@ def faulty_search(tmp_path_factory, tiny_model, tiny_data):
     finally:
         ray.shutdown()
         mp.undo()
-    yield result, markers
+    yield result, markers, scratch_root
 
 
 def _runs_by_number(result):
@@ -50,7 +56,7 @@ def _runs_by_number(result):
 
 
 def test_every_fault_fired_and_the_search_finished(faulty_search):
-    result, markers = faulty_search
+    result, markers, _ = faulty_search
     assert not list(markers.iterdir()), "every injected fault fired once"
     assert result.n_trials == 6
     runs = _runs_by_number(result)
@@ -62,7 +68,7 @@ def test_every_fault_fired_and_the_search_finished(faulty_search):
     (1, "injected failure"), (2, ""), (3, "timed out"), (5, "torn"),
 ])
 def test_crashed_trials_were_retried_from_checkpoint_and_completed(faulty_search, number, needle):
-    result, _ = faulty_search
+    result, _, _ = faulty_search
     run = _runs_by_number(result)[number]
     assert run.data.tags["autoft.status"] == "completed", run.data.tags
     assert run.data.tags["autoft.retries"] == "1"
@@ -73,7 +79,7 @@ def test_crashed_trials_were_retried_from_checkpoint_and_completed(faulty_search
 def test_nan_trial_failed_with_reason_in_mlflow_and_optuna(faulty_search):
     import optuna
 
-    result, _ = faulty_search
+    result, _, _ = faulty_search
     run = _runs_by_number(result)[4]
     assert run.info.status == "FAILED"
     assert run.data.tags["autoft.status"] == "failed"
@@ -84,3 +90,13 @@ def test_nan_trial_failed_with_reason_in_mlflow_and_optuna(faulty_search):
     assert states[4] == optuna.trial.TrialState.FAIL
     assert study.trials[4].user_attrs["autoft_status"] == "failed"
     assert all(states[n] == optuna.trial.TrialState.COMPLETE for n in (0, 1, 2, 3, 5))
+
+
+def test_killed_workers_leave_no_checkpoint_scratch(faulty_search):
+    """Trials 2 (SIGKILL) and 3 (killed at its timeout) die holding a scratch folder with a
+    checkpoint; the next trial on the machine removes it."""
+    _, markers, scratch_root = faulty_search
+    assert not list(markers.iterdir())
+    from autoft import scratch
+
+    assert [p.name for p in scratch_root.glob(f"{scratch.PREFIX}*")] == []

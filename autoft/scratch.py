@@ -1,0 +1,70 @@
+"""Scratch folders for the checkpoints a trial hands to Ray Tune.
+
+Under Tune a trial writes each checkpoint to a scratch folder, ``tune.report``
+copies it into the search's storage, and the trial deletes it. When Tune stops a
+trial (pruned, budget spent) it ends the trial's thread inside ``report`` and
+may end the worker process before that thread's own clean-up has run, so a
+folder - a full model plus optimizer state, hundreds of MB for a base-size
+model - can outlive its trial. Each folder's name carries its process id: a
+process removes its own at exit, and the next trial on the machine removes any
+whose process is gone (killed outright, so no exit handler ran).
+
+Assumes the processes that share a temporary folder share a PID namespace (true
+for a Ray node's workers); folders of processes still alive are never touched.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+PREFIX = "autoft-ckpt-"
+_OWN: set[Path] = set()
+
+
+def make() -> Path:
+    """A new scratch folder for this process, after clearing dead processes' ones."""
+    sweep()
+    path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+    _OWN.add(path)
+    return path
+
+
+def release(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    _OWN.discard(path)
+
+
+def sweep(root: str | Path | None = None) -> list[Path]:
+    """Remove the scratch folders whose owning process has exited; returns them."""
+    removed = []
+    for path in Path(root or tempfile.gettempdir()).glob(f"{PREFIX}*"):
+        pid = _owner(path.name)
+        if pid is not None and not _alive(pid):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _owner(name: str) -> int | None:
+    head = name[len(PREFIX):].split("-", 1)[0]
+    return int(head) if head.isdigit() and "-" in name[len(PREFIX):] else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+@atexit.register
+def _release_own() -> None:
+    for path in list(_OWN):
+        release(path)

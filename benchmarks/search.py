@@ -795,7 +795,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="target = best validation macro-F1 found by any search system minus this")
     ap.add_argument("--reanalyze", type=Path, nargs="+", metavar="JSON",
                     help="print the tables of earlier results files (e.g. with another --tolerance); several "
-                         "files' runs are pooled, so targets come from every file's search systems; run nothing")
+                         "files' runs are pooled (a later file's run replaces an earlier one of the same system, "
+                         "dataset and seed), so targets come from every file's search systems; run nothing")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.trials is None:
@@ -834,7 +835,7 @@ def _model_name(path: str) -> str:
 
 
 def pooled_runs(paths: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The first file's settings and every file's finished runs (each run keeps its own budget)."""
+    """The first file's settings and the files' runs (each run keeps its own budget)."""
     files = [json.loads(p.read_text()) for p in paths]
     first = files[0]["settings"]
     for path, f in zip(paths[1:], files[1:]):
@@ -843,8 +844,10 @@ def pooled_runs(paths: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]
         if differ:
             sys.exit(f"--reanalyze: {path} differs from {paths[0]} in {', '.join(differ)}; pool only runs "
                      "of the same data and training sizes")
-    runs = [{**r, "budget_s": r.get("budget_s", f["settings"].get("budget_s"))}
-            for f in files for r in f["runs"]]
+    # A later file's run replaces an earlier one of the same system, dataset and seed.
+    by_key = {(r["system"], r["dataset"], r["seed"]): {**r, "budget_s": r.get("budget_s", f["settings"].get("budget_s"))}
+              for f in files for r in f["runs"]}
+    runs = list(by_key.values())
     settings = {**first, "dataset_list": sorted({d for f in files for d in f["settings"]["dataset_list"]}),
                 "seeds": max(f["settings"]["seeds"] for f in files)}
     return settings, runs

@@ -63,6 +63,9 @@ class TrainConfig(_Section):
         "auto", description="auto: bf16 autocast on a GPU that supports it, fp32 on CPU"
     )
     cache_frozen: bool = Field(True, description="cache outputs of blocks frozen for the whole trial")
+    cache_max_gb: float = Field(
+        10, gt=0, description="disk the frozen-prefix cache (<storage>/prefix-cache) may use; least recently used "
+                              "data's cache is removed first, and data whose cache alone is larger trains without it")
     threads: int | None = Field(None, ge=1, description="torch CPU threads per trial (default: cpus_per_trial)")
     evals_per_epoch: int = Field(
         1, ge=1, le=20,

@@ -314,6 +314,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
                          "eval_batch_size": cfg.train.eval_batch_size, "threads": threads,
                          "trust_remote_code": cfg.model.trust_remote_code, "metric": metric, "mode": mode,
                          "cache_frozen": cfg.train.cache_frozen, "cache_dir": storage / "prefix-cache",
+                         "cache_max_bytes": int(cfg.train.cache_max_gb * 1e9),
                          "evals_per_epoch": cfg.train.evals_per_epoch}}
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, data=data, setup=setup),

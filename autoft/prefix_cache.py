@@ -15,6 +15,10 @@ One pass with ``output_hidden_states`` serves every depth; depths are stored
 as ``.npy`` files (memory-mapped when read) under a folder keyed by model,
 data and tokenization, built once per folder under a file lock, so
 concurrent trials and later searches on the same data share it.
+
+The cache root is bounded: before an entry is built, the least recently used
+entries are removed until it fits; an entry larger than the whole bound is not
+built (the trial trains without the cache, with the same results).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from torch import nn
 
 from autoft.data import TokenizedSplit, batches
 from autoft.layers import ModelLayout
+from autoft.scratch import process_alive
 
 
 @dataclass
@@ -136,16 +141,73 @@ def _build(model: nn.Module, splits: dict[str, TokenizedSplit], pad_id: int, out
         model.train(was_training)
 
 
+USED = "last_used"  # touched on every load: the recency eviction goes by
+
+
+def entry_bytes(splits: dict[str, TokenizedSplit], hidden_size: int, depths: int) -> int:
+    """Disk an entry takes: every stored depth of every (unpadded) token, in fp32."""
+    return sum(int(split.offsets[-1]) for split in splits.values()) * hidden_size * depths * 4
+
+
 def load_or_build(model: nn.Module, splits: dict[str, TokenizedSplit], pad_id: int, depth: int,
-                  folder: Path, device: torch.device, batch_size: int = 64) -> dict[str, CachedSplit]:
+                  folder: Path, device: torch.device, batch_size: int = 64,
+                  limit_bytes: int | None = None, need_bytes: int = 0) -> dict[str, CachedSplit] | None:
+    """The cached splits at ``depth``, built first if need be; None if the entry
+    (``need_bytes``) cannot fit in ``limit_bytes`` for the whole cache root."""
     from filelock import FileLock
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         if not (folder / "complete.json").is_file():
-            _build(model, splits, pad_id, folder, batch_size, device)
+            # One builder at a time per root, so two builds cannot both count the same free room.
+            with FileLock(str(folder.parent / ".room.lock")):
+                if limit_bytes is not None and not make_room(folder.parent, need_bytes, limit_bytes, folder):
+                    return None
+                _build(model, splits, pad_id, folder, batch_size, device)
+        (folder / USED).touch()
     return {name: CachedSplit(np.load(folder / f"depth_{depth}_{name}.npy", mmap_mode="r"), split.offsets)
             for name, split in splits.items()}
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _last_used(entry: Path) -> float:
+    marker = entry / USED
+    return marker.stat().st_mtime if marker.exists() else entry.stat().st_mtime
+
+
+def make_room(root: Path, need: int, limit: int, building: Path) -> bool:
+    """Remove least recently used complete entries of ``root`` until ``need`` more bytes
+    fit under ``limit``; False if they cannot (an entry larger than the limit removes
+    nothing). An entry whose lock another process holds is left alone; trials already
+    reading a removed entry keep their memory maps (POSIX unlinks only the names)."""
+    from filelock import FileLock, Timeout
+
+    if need > limit:
+        return False
+    for tmp in root.glob("*.tmp*"):  # a build whose process was killed
+        pid = tmp.name.rsplit(".tmp", 1)[1]
+        if tmp.is_dir() and pid.isdigit() and not process_alive(int(pid)):
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    entries = [p for p in root.iterdir() if p.is_dir() and p != building and (p / "complete.json").is_file()]
+    used = sum(_size(p) for p in entries)
+    for entry in sorted(entries, key=_last_used):
+        if used + need <= limit:
+            break
+        size = _size(entry)
+        try:
+            with FileLock(str(entry) + ".lock", timeout=0):
+                import shutil
+
+                shutil.rmtree(entry, ignore_errors=True)
+        except Timeout:
+            continue
+        used -= size
+    return used + need <= limit
 
 
 def check_exact(model: nn.Module, layout: ModelLayout, depth: int, split: TokenizedSplit,

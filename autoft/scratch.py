@@ -43,7 +43,7 @@ def sweep(root: str | Path | None = None) -> list[Path]:
     removed = []
     for path in Path(root or tempfile.gettempdir()).glob(f"{PREFIX}*"):
         pid = _owner(path.name)
-        if pid is not None and not _alive(pid):
+        if pid is not None and not process_alive(pid):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
@@ -54,7 +54,7 @@ def _owner(name: str) -> int | None:
     return int(head) if head.isdigit() and "-" in name[len(PREFIX):] else None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -20,7 +20,7 @@ from autoft.space import ABSENT, SearchSpace
 TRIAL_METRICS = (
     "train_loss", "eval_loss", "eval_accuracy", "eval_f1", "learning_rate", "trainable_params",
     "blocks_training", "epoch_seconds", "train_seconds", "train_samples", "train_samples_per_second",
-    "checkpoint_seconds",
+    "checkpoint_seconds", "cached_prefix_depth",
 )
 STATUS_TO_MLFLOW = {"completed": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
 

@@ -47,6 +47,7 @@ class RunOptions:
     mode: str = "max"
     cache_frozen: bool = True  # reuse outputs of the never-trained prefix (prefix_cache)
     cache_dir: Path | None = None  # shared cache folder; None = the system temp folder
+    cache_max_bytes: int | None = 10 * 10**9  # bound on the cache folder; None = unbounded
     epoch_hook: Any = None  # called as hook(epoch, model) before each epoch (fault-injection tests)
     # Evaluate, report and checkpoint this many times per epoch: with long epochs, the pruner
     # can stop a bad trial after half an epoch instead of a whole one.
@@ -190,7 +191,17 @@ def _prefix_cache(recipe: Recipe, model: nn.Module, layout: ModelLayout, data: P
     root = opts.cache_dir or Path(tempfile.gettempdir()) / "autoft-prefix-cache"
     folder = root / prefix_cache.cache_key(model_path, data.fingerprint)
     splits = {"train": data.train, "validation": data.validation}
-    cached = prefix_cache.load_or_build(model, splits, data.pad_token_id, depth, folder, device)
+    hidden = getattr(model.config, "hidden_size", None) or model.get_input_embeddings().embedding_dim
+    need = prefix_cache.entry_bytes(splits, hidden, layout.num_layers)
+    cached = prefix_cache.load_or_build(model, splits, data.pad_token_id, depth, folder, device,
+                                        limit_bytes=opts.cache_max_bytes, need_bytes=need)
+    if cached is None:
+        import warnings
+
+        warnings.warn(f"frozen-prefix cache for this data needs {need / 1e9:.2f} GB, more room than "
+                      f"train.cache_max_gb={(opts.cache_max_bytes or 0) / 1e9:g} leaves; training without it "
+                      "(same results, slower): raise train.cache_max_gb to cache it", stacklevel=2)
+        return 0, {}
     if not prefix_cache.check_exact(model, layout, depth, data.validation, cached["validation"],
                                     data.pad_token_id, device):
         import warnings

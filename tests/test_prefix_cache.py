@@ -33,12 +33,13 @@ def tiny_overrides_module(tiny_model, tiny_data, tmp_path_factory):
             "train.max_length=32", f"storage={tmp_path_factory.mktemp('runs')}"]
 
 
-def _run(prepared, cache: bool, cache_dir: Path, evals_per_epoch: int = 1, **knobs):
+def _run(prepared, cache: bool, cache_dir: Path, evals_per_epoch: int = 1, cache_max_bytes: int | None = None,
+         **knobs):
     cfg, plan, data = prepared
     rep = Collect()
     result = run_trial(cfg.base_recipe({"dropout": 0.1, **knobs}), data, plan.model_path, rep,
                        RunOptions(threads=1, cache_frozen=cache, cache_dir=cache_dir,
-                                  evals_per_epoch=evals_per_epoch))
+                                  evals_per_epoch=evals_per_epoch, cache_max_bytes=cache_max_bytes))
     return rep.history, result
 
 
@@ -95,6 +96,81 @@ def test_inexact_cache_falls_back(prepared, tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="not exact"):
         history, _ = _run(prepared, True, tmp_path, num_frozen_layers=2)
     assert {h["cached_prefix_depth"] for h in history} == {0}
+
+
+def test_cache_larger_than_its_bound_is_not_built(prepared, tmp_path):
+    plain, _ = _run(prepared, False, tmp_path / "unused", num_frozen_layers=2)
+    with pytest.warns(UserWarning, match="raise train.cache_max_gb"):
+        bounded, _ = _run(prepared, True, tmp_path, cache_max_bytes=1000, num_frozen_layers=2)
+    assert {h["cached_prefix_depth"] for h in bounded} == {0}
+    assert not list(tmp_path.glob("*/complete.json"))
+    assert [h["eval_f1"] for h in bounded] == [h["eval_f1"] for h in plain]
+
+
+def test_entry_size_estimate_is_what_the_build_writes(prepared, tmp_path):
+    from autoft import prefix_cache
+
+    _, _, data = prepared
+    _run(prepared, True, tmp_path, num_frozen_layers=1)
+    entry = next(p for p in tmp_path.iterdir() if p.is_dir())
+    written = sum(f.stat().st_size for f in entry.glob("depth_*.npy"))
+    estimate = prefix_cache.entry_bytes({"train": data.train, "validation": data.validation}, 32, 2)
+    assert estimate <= written <= estimate * 1.05  # .npy headers only
+
+
+def _fake_entry(root: Path, name: str, size: int, used_at: float) -> Path:
+    import os
+
+    entry = root / name
+    entry.mkdir()
+    (entry / "depth_1_train.npy").write_bytes(b"x" * size)
+    (entry / "complete.json").write_text("{}")
+    (entry / "last_used").touch()
+    os.utime(entry / "last_used", (used_at, used_at))
+    return entry
+
+
+def test_least_recently_used_entries_go_first(tmp_path):
+    from autoft import prefix_cache
+
+    old = _fake_entry(tmp_path, "a", 400, 1000)
+    recent = _fake_entry(tmp_path, "b", 400, 3000)
+    middle = _fake_entry(tmp_path, "c", 400, 2000)
+    new = tmp_path / "d"
+    assert prefix_cache.make_room(tmp_path, 500, 1300, new)  # 3 x 402 bytes + 500 > 1300: two go
+    assert not old.exists() and not middle.exists() and recent.exists()
+    # Larger than the bound: nothing is removed, the caller trains without a cache.
+    assert not prefix_cache.make_room(tmp_path, 2000, 1300, new)
+    assert recent.exists()
+
+
+def test_an_entry_in_use_is_not_removed(tmp_path):
+    from filelock import FileLock
+
+    from autoft import prefix_cache
+
+    busy = _fake_entry(tmp_path, "a", 400, 1000)
+    idle = _fake_entry(tmp_path, "b", 400, 2000)
+    with FileLock(str(busy) + ".lock"):
+        assert prefix_cache.make_room(tmp_path, 400, 900, tmp_path / "c")
+    assert busy.exists() and not idle.exists()
+    with FileLock(str(busy) + ".lock"):
+        assert not prefix_cache.make_room(tmp_path, 600, 900, tmp_path / "c")
+
+
+def test_a_killed_build_is_cleared(tmp_path):
+    import subprocess
+    import sys
+
+    from autoft import prefix_cache
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    torn = tmp_path / f"abc.tmp{proc.pid}"
+    torn.mkdir()
+    (torn / "depth_1_train.npy").write_bytes(b"x" * 10)
+    assert prefix_cache.make_room(tmp_path, 10, 100, tmp_path / "new")
+    assert not torn.exists()
 
 
 def test_gpt2_has_no_single_embeddings_module():

@@ -65,6 +65,8 @@ def test_children_have_aligned_params_metrics_and_status(finished_search):
             assert int(c.data.tags["autoft.pruned_at_epoch"]) == len(steps)
         if c.data.params["unfreeze_schedule"] == "none":
             assert c.data.params["unfreeze_every"] == "n/a"
+            # Blocks frozen for the whole trial are read from the prefix cache, and MLflow says so.
+            assert c.data.metrics["cached_prefix_depth"] == int(c.data.params["num_frozen_layers"])
 
 
 def test_asha_pruned_some_and_optuna_agrees(finished_search):

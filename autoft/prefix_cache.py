@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,8 +136,6 @@ def _build(model: nn.Module, splits: dict[str, TokenizedSplit], pad_id: int, out
         (tmp / "complete.json").write_text(json.dumps({"depths": sorted(writers)}))
         os.replace(tmp, out)
     finally:
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
         model.train(was_training)
 
@@ -190,8 +189,6 @@ def make_room(root: Path, need: int, limit: int, building: Path) -> bool:
     for tmp in root.glob("*.tmp*"):  # a build whose process was killed
         pid = tmp.name.rsplit(".tmp", 1)[1]
         if tmp.is_dir() and pid.isdigit() and not process_alive(int(pid)):
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
     entries = [p for p in root.iterdir() if p.is_dir() and p != building and (p / "complete.json").is_file()]
     used = sum(_size(p) for p in entries)
@@ -201,8 +198,6 @@ def make_room(root: Path, need: int, limit: int, building: Path) -> bool:
         size = _size(entry)
         try:
             with FileLock(str(entry) + ".lock", timeout=0):
-                import shutil
-
                 shutil.rmtree(entry, ignore_errors=True)
         except Timeout:
             continue

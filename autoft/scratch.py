@@ -1,13 +1,12 @@
 """Scratch folders for the checkpoints a trial hands to Ray Tune.
 
 Under Tune a trial writes each checkpoint to a scratch folder, ``tune.report``
-copies it into the search's storage, and the trial deletes it. When Tune stops a
-trial (pruned, budget spent) it ends the trial's thread inside ``report`` and
-may end the worker process before that thread's own clean-up has run, so a
-folder - a full model plus optimizer state, hundreds of MB for a base-size
-model - can outlive its trial. Each folder's name carries its process id: a
-process removes its own at exit, and the next trial on the machine removes any
-whose process is gone (killed outright, so no exit handler ran).
+copies it into the search's storage, and the trial deletes it. A worker killed
+outright (out of memory, SIGKILL, a trial timeout) never runs that clean-up, so
+its folder - a full model plus optimizer state, hundreds of MB for a base-size
+model - would outlive it. Each folder's name carries its process id: a process
+removes its own at exit, and the next trial on the machine removes any whose
+process is gone.
 
 Assumes the processes that share a temporary folder share a PID namespace (true
 for a Ray node's workers); folders of processes still alive are never touched.

@@ -267,6 +267,14 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
          f"'{plan.space.name}', model {model_label(cfg)} ({plan.num_layers} blocks), "
          f"{len(plan.text.train.texts)} train / {len(plan.text.validation.texts)} validation examples")
     data = tokenize_for(plan)
+    if cfg.train.cache_frozen:
+        from autoft.prefix_cache import over_bound_notice
+
+        hidden = getattr(model_config(plan.model_path, cfg.model.trust_remote_code), "hidden_size", None)
+        notice = hidden and over_bound_notice({"train": data.train, "validation": data.validation}, hidden,
+                                              plan.num_layers, int(cfg.train.cache_max_gb * 1e9))
+        if notice:
+            echo(notice)
 
     from ray import tune
 

@@ -148,6 +148,16 @@ def entry_bytes(splits: dict[str, TokenizedSplit], hidden_size: int, depths: int
     return sum(int(split.offsets[-1]) for split in splits.values()) * hidden_size * depths * 4
 
 
+def over_bound_notice(splits: dict[str, TokenizedSplit], hidden_size: int, depths: int, limit_bytes: int) -> str | None:
+    """A line for the user when this data's cache can never fit its bound, else None."""
+    need = entry_bytes(splits, hidden_size, depths)
+    if need <= limit_bytes:
+        return None
+    return (f"note: the frozen-prefix cache for this data would take {need / 1e9:.3g} GB, more than "
+            f"train.cache_max_gb={limit_bytes / 1e9:g}: trials train without it (same results, slower); "
+            f"raise train.cache_max_gb above {need / 1e9:.3g} to use it")
+
+
 def load_or_build(model: nn.Module, splits: dict[str, TokenizedSplit], pad_id: int, depth: int,
                   folder: Path, device: torch.device, batch_size: int = 64,
                   limit_bytes: int | None = None, need_bytes: int = 0) -> dict[str, CachedSplit] | None:

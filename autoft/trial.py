@@ -198,7 +198,7 @@ def _prefix_cache(recipe: Recipe, model: nn.Module, layout: ModelLayout, data: P
     if cached is None:
         import warnings
 
-        warnings.warn(f"frozen-prefix cache for this data needs {need / 1e9:.2f} GB, more room than "
+        warnings.warn(f"frozen-prefix cache for this data needs {need / 1e9:.3g} GB, more room than "
                       f"train.cache_max_gb={(opts.cache_max_bytes or 0) / 1e9:g} leaves; training without it "
                       "(same results, slower): raise train.cache_max_gb to cache it", stacklevel=2)
         return 0, {}

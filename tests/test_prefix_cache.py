@@ -118,6 +118,17 @@ def test_entry_size_estimate_is_what_the_build_writes(prepared, tmp_path):
     assert estimate <= written <= estimate * 1.05  # .npy headers only
 
 
+def test_search_start_says_when_the_data_cannot_be_cached(prepared):
+    from autoft.prefix_cache import entry_bytes, over_bound_notice
+
+    _, _, data = prepared
+    splits = {"train": data.train, "validation": data.validation}
+    need = entry_bytes(splits, 32, 2)
+    assert over_bound_notice(splits, 32, 2, need) is None
+    line = over_bound_notice(splits, 32, 2, need - 1)
+    assert line is not None and "train.cache_max_gb" in line and "\n" not in line
+
+
 def _fake_entry(root: Path, name: str, size: int, used_at: float) -> Path:
     import os
 

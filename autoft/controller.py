@@ -36,6 +36,7 @@ class SearchPlan:
     space: SearchSpace
     base_recipe: Recipe
     text: TextData
+    hidden_size: int | None = None  # of the model's blocks: sizes the frozen-prefix cache
 
 
 @dataclass
@@ -69,18 +70,20 @@ class SearchResult:
         return d
 
 
-def num_layers_of(model_path: Path, trust_remote_code: bool) -> int:
+def model_shape(model_path: Path, trust_remote_code: bool) -> tuple[int, int | None]:
+    """(blocks, hidden size) from the model's config, read once."""
     cfg = model_config(model_path, trust_remote_code)
+    hidden = getattr(cfg, "hidden_size", None)
     for key in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
         if isinstance(getattr(cfg, key, None), int):
-            return int(getattr(cfg, key))
+            return int(getattr(cfg, key)), hidden if isinstance(hidden, int) else None
     raise InputError("model.path", f"cannot tell how many blocks '{model_path}' has", "use a transformer checkpoint")
 
 
 def plan_search(cfg: ExperimentConfig) -> SearchPlan:
     """Every input check, with no side effect: no Ray, no MLflow, no folders."""
     model_path = check_model_dir(cfg.model.path)
-    layers = num_layers_of(model_path, cfg.model.trust_remote_code)
+    layers, hidden = model_shape(model_path, cfg.model.trust_remote_code)
     base = cfg.base_recipe()
     base.check_against_model(layers)
     space = load_space(cfg.space).resolve(layers)
@@ -88,7 +91,7 @@ def plan_search(cfg: ExperimentConfig) -> SearchPlan:
     cfg.base_recipe(space.fixed).check_against_model(layers)
     _check_storage(cfg.storage)
     text = load_text_data(cfg.data, cfg.train.seed)
-    return SearchPlan(cfg, model_path, layers, space, base, text)
+    return SearchPlan(cfg, model_path, layers, space, base, text, hidden)
 
 
 def _check_storage(storage: str) -> None:
@@ -267,12 +270,11 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
          f"'{plan.space.name}', model {model_label(cfg)} ({plan.num_layers} blocks), "
          f"{len(plan.text.train.texts)} train / {len(plan.text.validation.texts)} validation examples")
     data = tokenize_for(plan)
-    if cfg.train.cache_frozen:
+    if cfg.train.cache_frozen and plan.hidden_size:
         from autoft.prefix_cache import over_bound_notice
 
-        hidden = getattr(model_config(plan.model_path, cfg.model.trust_remote_code), "hidden_size", None)
-        notice = hidden and over_bound_notice({"train": data.train, "validation": data.validation}, hidden,
-                                              plan.num_layers, int(cfg.train.cache_max_gb * 1e9))
+        notice = over_bound_notice({"train": data.train, "validation": data.validation}, plan.hidden_size,
+                                   plan.num_layers, int(cfg.train.cache_max_gb * 1e9))
         if notice:
             echo(notice)
 

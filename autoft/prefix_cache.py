@@ -38,7 +38,7 @@ from torch import nn
 
 from autoft.data import TokenizedSplit, batches
 from autoft.layers import ModelLayout
-from autoft.scratch import process_alive
+from autoft.scratch import remove_dead
 
 
 @dataclass
@@ -196,23 +196,24 @@ def make_room(root: Path, need: int, limit: int, building: Path) -> bool:
 
     if need > limit:
         return False
-    for tmp in root.glob("*.tmp*"):  # a build whose process was killed
-        pid = tmp.name.rsplit(".tmp", 1)[1]
-        if tmp.is_dir() and pid.isdigit() and not process_alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
-    entries = [p for p in root.iterdir() if p.is_dir() and p != building and (p / "complete.json").is_file()]
-    used = sum(_size(p) for p in entries)
-    for entry in sorted(entries, key=_last_used):
+    remove_dead(root.glob("*.tmp*"), _builder_pid)  # builds whose process was killed
+    sizes = {p: _size(p) for p in root.iterdir() if p.is_dir() and p != building and (p / "complete.json").is_file()}
+    used = sum(sizes.values())
+    for entry in sorted(sizes, key=_last_used):
         if used + need <= limit:
             break
-        size = _size(entry)
         try:
             with FileLock(str(entry) + ".lock", timeout=0):
                 shutil.rmtree(entry, ignore_errors=True)
         except Timeout:
             continue
-        used -= size
+        used -= sizes[entry]
     return used + need <= limit
+
+
+def _builder_pid(name: str) -> int | None:
+    pid = name.rpartition(".tmp")[2]  # _build's folder: <key>.tmp<pid>
+    return int(pid) if pid.isdigit() else None
 
 
 def check_exact(model: nn.Module, layout: ModelLayout, depth: int, split: TokenizedSplit,

@@ -18,6 +18,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 PREFIX = "autoft-ckpt-"
@@ -39,18 +40,23 @@ def release(path: Path) -> None:
 
 def sweep(root: str | Path | None = None) -> list[Path]:
     """Remove the scratch folders whose owning process has exited; returns them."""
+    return remove_dead(Path(root or tempfile.gettempdir()).glob(f"{PREFIX}*"), _owner)
+
+
+def remove_dead(paths: Iterable[Path], pid_of: Callable[[str], int | None]) -> list[Path]:
+    """Remove the folders among ``paths`` whose name (read by ``pid_of``) names an exited process."""
     removed = []
-    for path in Path(root or tempfile.gettempdir()).glob(f"{PREFIX}*"):
-        pid = _owner(path.name)
-        if pid is not None and not process_alive(pid):
+    for path in paths:
+        pid = pid_of(path.name)
+        if pid is not None and path.is_dir() and not process_alive(pid):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
 
 
 def _owner(name: str) -> int | None:
-    head = name[len(PREFIX):].split("-", 1)[0]
-    return int(head) if head.isdigit() and "-" in name[len(PREFIX):] else None
+    pid, sep, _ = name[len(PREFIX):].partition("-")
+    return int(pid) if sep and pid.isdigit() else None
 
 
 def process_alive(pid: int) -> bool:

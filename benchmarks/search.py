@@ -568,9 +568,9 @@ def run_isolated(w: dict[str, Any], log_path: Path, timeout_s: float) -> dict[st
 
 def hit(run: dict[str, Any], target: float | None) -> dict[str, Any]:
     """Seconds and training examples until the first epoch at or above target (None if never)."""
-    evals = sorted(run["evals"], key=lambda e: e["t"])
     if target is None:  # no search system ran on this seed (variants only): nothing to reach
         return {"t": None, "examples": None}
+    evals = sorted(run["evals"], key=lambda e: e["t"])
     first = next((e for e in evals if e["score"] >= target - 1e-12), None)
     if first is None:
         return {"t": None, "examples": None}

@@ -97,7 +97,8 @@ def train(
                          trust_remote_code=cfg.model.trust_remote_code, metric=cfg.search.metric,
                          mode=cfg.search.mode, cache_frozen=cfg.train.cache_frozen,
                          cache_max_bytes=int(cfg.train.cache_max_gb * 1e9),
-                         evals_per_epoch=cfg.train.evals_per_epoch)
+                         # auto's extra evaluations feed a pruner; one trial alone has none.
+                         evals_per_epoch=1 if cfg.train.evals_per_epoch == "auto" else cfg.train.evals_per_epoch)
     result = run_trial(plan.base_recipe, data, plan.model_path, PrintReporter(_err), options, resume_from)
     majority = float(max(_label_counts(data.validation.labels)) / len(data.validation))
     out = {"status": result.status, "reason": result.reason, "best": result.best,

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoft.cadence import cadence_note, largest_batch_size, resolve_evals_per_epoch
 from autoft.config import UNBOUNDED_TRIALS, ExperimentConfig, config_to_dict
 from autoft.data import PreparedData, TextData, load_text_data, prepare_data
 from autoft.errors import InputError
@@ -37,6 +38,7 @@ class SearchPlan:
     base_recipe: Recipe
     text: TextData
     hidden_size: int | None = None  # of the model's blocks: sizes the frozen-prefix cache
+    evals_per_epoch: int = 1  # train.evals_per_epoch, "auto" resolved for this data and space
 
 
 @dataclass
@@ -91,7 +93,9 @@ def plan_search(cfg: ExperimentConfig) -> SearchPlan:
     cfg.base_recipe(space.fixed).check_against_model(layers)
     _check_storage(cfg.storage)
     text = load_text_data(cfg.data, cfg.train.seed)
-    return SearchPlan(cfg, model_path, layers, space, base, text, hidden)
+    evals = resolve_evals_per_epoch(cfg.train.evals_per_epoch, len(text.train.texts), len(text.validation.texts),
+                                    largest_batch_size(space.params, space.fixed, base.batch_size))
+    return SearchPlan(cfg, model_path, layers, space, base, text, hidden, evals)
 
 
 def _check_storage(storage: str) -> None:
@@ -133,7 +137,7 @@ def _unfreeze_oracle(plan: SearchPlan) -> Any:
     from autoft.recipe import RECIPE_FIELDS
 
     base, layers = plan.base_recipe.to_dict(), plan.num_layers
-    per_epoch = plan.cfg.train.evals_per_epoch
+    per_epoch = plan.evals_per_epoch
 
     def oracle(config: dict[str, Any], evals_done: int) -> bool:
         # A trial with fewer steps than evals_per_epoch evaluates less often; this
@@ -268,7 +272,8 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
     trials = (f"{cfg.search.num_trials} trials" if bounded else "trials") + (f" for up to {budget:g} s" if budget else "")
     echo(f"{'resuming' if resume else 'search'} {search_id}: {trials}, space "
          f"'{plan.space.name}', model {model_label(cfg)} ({plan.num_layers} blocks), "
-         f"{len(plan.text.train.texts)} train / {len(plan.text.validation.texts)} validation examples")
+         f"{len(plan.text.train.texts)} train / {len(plan.text.validation.texts)} validation examples"
+         + cadence_note(plan.evals_per_epoch, cfg.train.evals_per_epoch))
     data = tokenize_for(plan)
     if cfg.train.cache_frozen and plan.hidden_size:
         from autoft.prefix_cache import over_bound_notice
@@ -325,7 +330,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
                          "trust_remote_code": cfg.model.trust_remote_code, "metric": metric, "mode": mode,
                          "cache_frozen": cfg.train.cache_frozen, "cache_dir": storage / "prefix-cache",
                          "cache_max_bytes": int(cfg.train.cache_max_gb * 1e9),
-                         "evals_per_epoch": cfg.train.evals_per_epoch}}
+                         "evals_per_epoch": plan.evals_per_epoch}}
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, data=data, setup=setup),
         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial})
@@ -344,7 +349,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
             points_to_evaluate=plan.space.starting_points() if cfg.search.warm_start else None,
         )
         # The schedulers count reports (training_iteration): evaluations, not epochs.
-        scheduler = make_scheduler(cfg.pruning.scheduler, _max_epochs(plan) * cfg.train.evals_per_epoch,
+        scheduler = make_scheduler(cfg.pruning.scheduler, _max_epochs(plan) * plan.evals_per_epoch,
                                    cfg.pruning.grace_period,
                                    cfg.pruning.reduction_factor,
                                    _unfreeze_oracle(plan) if cfg.pruning.align_to_unfreezing else None)
@@ -471,7 +476,7 @@ def _open_tracking(cfg: ExperimentConfig, plan: SearchPlan, search_dir: Path, re
         "num_trials": cfg.search.num_trials, "time_budget_s": cfg.search.time_budget_s,
         "max_concurrent": cfg.search.max_concurrent, "metric": cfg.search.metric, "mode": cfg.search.mode,
         "search_seed": cfg.search.seed, "grace_period": cfg.pruning.grace_period,
-        "reduction_factor": cfg.pruning.reduction_factor, **static}, {"autoft.storage": str(search_dir)})
+        "reduction_factor": cfg.pruning.reduction_factor, "evals_per_epoch": plan.evals_per_epoch, **static}, {"autoft.storage": str(search_dir)})
     config, space = config_to_dict(cfg), _space_dict(plan.space)
     tracker.log_dict(parent, config, "config.yaml")
     tracker.log_dict(parent, space, "space.yaml")

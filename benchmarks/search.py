@@ -70,6 +70,8 @@ VARIANTS = {
     "nopruning": ["pruning.scheduler=none"],
     # Judged after half an epoch (grace 1 evaluation), then at every half epoch.
     "half": ["train.evals_per_epoch=2"],
+    # One evaluation an epoch whatever its length (the default before evals_per_epoch=auto).
+    "epoch": ["train.evals_per_epoch=1"],
 }
 ALL_SYSTEMS = (*SEARCH_SYSTEMS, "b4", *VARIANTS)
 NAMES = {
@@ -79,6 +81,7 @@ NAMES = {
     "median": "autoft median stopping",
     "nopruning": "autoft no pruning",
     "half": "autoft eval every half epoch",
+    "epoch": "autoft eval once an epoch",
     "autoft": "autoft defaults",
     "b1": "B1 Trainer.hp_search",
     "b2": "B2 Ray+Optuna+ASHA",

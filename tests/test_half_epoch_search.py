@@ -1,5 +1,6 @@
-"""train.evals_per_epoch=2 through a real search: ASHA judges at half epochs, and MLflow,
-Optuna, the leaderboard and the report all count evaluations, with the epoch beside each."""
+"""Half-epoch evaluation through a real search, chosen by train.evals_per_epoch=auto (the
+default) for epochs of 20 steps: ASHA judges at half epochs, and MLflow, Optuna, the
+leaderboard and the report all count evaluations, with the epoch beside each."""
 
 from __future__ import annotations
 
@@ -21,19 +22,21 @@ def half_search(tmp_path_factory, tiny_model, tiny_data):
     root = tmp_path_factory.mktemp("half")
     cfg = load_config(None, [
         f"model.path={tiny_model}", f"data.train={tiny_data['train']}",
-        f"data.validation={tiny_data['validation']}", "train.epochs=2", "train.batch_size=16",
-        "train.max_length=32", "train.evals_per_epoch=2", f"storage={root / 'runs'}", "name=half",
+        # 160 rows at batch 8: 20 steps an epoch, so auto evaluates every 10 steps.
+        f"data.validation={tiny_data['validation']}", "train.epochs=2", "train.batch_size=8",
+        "train.max_length=32", f"storage={root / 'runs'}", "name=half",
         f"search.num_trials={N_TRIALS}", "search.max_concurrent=1", "search.metric=eval_loss",
         "search.mode=min", "search.seed=5", "pruning.grace_period=1", "pruning.reduction_factor=2",
         "tracking.log_best_model=false",
     ])
-    result = run_search(cfg, echo=lambda *_: None)
-    yield result, root / "runs"
+    lines: list[str] = []
+    result = run_search(cfg, echo=lines.append)
+    yield result, root / "runs", lines
     ray.shutdown()
 
 
 def test_mlflow_steps_count_evaluations_and_log_the_epoch(half_search):
-    result, _ = half_search
+    result, _, _ = half_search
     client, runs = _children(result)
     assert len(runs) == N_TRIALS
     pruned_early = 0
@@ -57,7 +60,7 @@ def test_mlflow_steps_count_evaluations_and_log_the_epoch(half_search):
 def test_optuna_intermediate_values_per_evaluation(half_search):
     import optuna
 
-    result, storage = half_search
+    result, storage, _ = half_search
     study = optuna.load_study(study_name=result.search_id, storage=f"sqlite:///{storage / 'optuna.db'}")
     assert len(study.trials) == N_TRIALS
     for t in study.trials:
@@ -70,7 +73,7 @@ def test_optuna_intermediate_values_per_evaluation(half_search):
 def test_report_plots_against_epochs(half_search):
     from autoft.report import build_model, load_search
 
-    result, storage = half_search
+    result, storage, _ = half_search
     rec = load_search(result.tracking_uri, result.search_id, storage)
     model = build_model(rec)
     assert model.best is not None and model.best.value == pytest.approx(result.best_value)
@@ -78,3 +81,12 @@ def test_report_plots_against_epochs(half_search):
         assert c.epochs == [0.5 * (i + 1) for i in range(len(c.epochs))]
     assert {r.epochs_run for r in model.rows} <= {0.5, 1, 1.5, 2}
     assert result.trials["compute_seconds"].gt(0).all()
+
+
+def test_the_search_says_and_records_the_cadence_auto_chose(half_search):
+    from mlflow import MlflowClient
+
+    result, _, lines = half_search
+    assert lines[0].endswith("; evaluating every half epoch (train.evals_per_epoch=auto)"), lines[0]
+    parent = MlflowClient(result.tracking_uri).get_run(result.mlflow_run_id)
+    assert parent.data.params["evals_per_epoch"] == "2"

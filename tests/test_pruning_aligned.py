@@ -91,7 +91,7 @@ def test_controller_oracle_counts_evaluations(evals_per_epoch: int) -> None:
 
     cfg = ExperimentConfig.model_validate({"train": {"epochs": 3, "evals_per_epoch": evals_per_epoch}})
     base = cfg.base_recipe({"num_frozen_layers": 4, "unfreeze_schedule": "gradual", "unfreeze_every": 1})
-    oracle = _unfreeze_oracle(SimpleNamespace(cfg=cfg, base_recipe=base, num_layers=6))
+    oracle = _unfreeze_oracle(SimpleNamespace(cfg=cfg, base_recipe=base, num_layers=6, evals_per_epoch=evals_per_epoch))
     config = {"num_frozen_layers": 4, "unfreeze_schedule": "gradual", "unfreeze_every": 1}
     got = [oracle(config, done) for done in range(1, 3 * evals_per_epoch + 1)]
     epochs = [unfreezes_after(base, 6, e) for e in (1, 2, 3)]

@@ -207,7 +207,9 @@ def resume_search(target: str, storage: str = "autoft-runs", echo: Any = print,
     if overrides:
         raw = apply_overrides(json.loads(json.dumps(raw)), overrides)
     cfg = validate_config(raw, str(search_dir / STATE_FILE))
-    for key in ("search.metric", "search.mode", "space", "pruning.scheduler", "search.sampler"):
+    # evals_per_epoch: the pruner's rungs and the trials' checkpoints count evaluations.
+    for key in ("search.metric", "search.mode", "space", "pruning.scheduler", "search.sampler",
+                "train.evals_per_epoch"):
         before, after = _dig(state["config"], key), _dig(config_to_dict(cfg), key)
         if before != after:
             raise InputError(key, f"changed from {before!r} to {after!r}; a resumed search keeps its objective and space",

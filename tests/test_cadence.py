@@ -16,7 +16,8 @@ from autoft.space import ParamSpec
 @pytest.mark.parametrize(("n_train", "n_val", "batch", "want"), [
     (800, 300, 32, 2),    # SST-2 in the benchmark: 25 steps an epoch, 12-13 per half
     (400, 300, 32, 1),    # TREC in the benchmark: 13 steps, 6 per half
-    (600, 66, 32, 1),     # the Quickstart demo: 19 steps
+    (600, 558, 32, 1),    # the Quickstart demo: 19 steps
+    (4460, 558, 32, 2),   # the built-in SMS data whole: 140 steps
     (640, 320, 32, 2),    # exactly 2 x MIN_STEPS_PER_EVAL steps, validation exactly half
     (640, 321, 32, 1),    # validation more than half the training set
     (160, 64, 8, 2),      # the same rule at a small batch: 20 steps

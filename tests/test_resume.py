@@ -136,6 +136,8 @@ def test_resume_refuses_a_changed_objective(killed_then_resumed):
     _, storage, search_id, _ = killed_then_resumed
     with pytest.raises(InputError, match="search.metric"):
         resume_search(search_id, str(storage), echo=lambda *_: None, overrides=["search.metric=eval_f1"])
+    with pytest.raises(InputError, match="train.evals_per_epoch"):
+        resume_search(search_id, str(storage), echo=lambda *_: None, overrides=["train.evals_per_epoch=2"])
 
 
 def test_resume_of_unknown_search_is_a_clear_error(tmp_path):

@@ -4,7 +4,8 @@
 that half of one is still a fair test, and once an epoch otherwise. Measured with
 ``benchmarks/search.py`` (all-MiniLM-L6-v2, batch 32, 3 seeds, README's Performance):
 on SST-2 with 800 training examples (25 steps an epoch, so 12-13 per half) half-epoch
-evaluation reached the target with half the training examples (15,232 against 30,400);
+evaluation reached the target with half the training examples (15,232 against 30,400;
+12,064 in a second run, as this default);
 on TREC with 400 (13 steps, so 6 per half) the first cut judged models that had barely
 moved, one seed pruned 85 of its 100 trials and ended 0.06 below the median.
 """

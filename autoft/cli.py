@@ -79,6 +79,7 @@ def train(
     _quiet_libraries()
     cfg, plan = _plan(config, set_)
     from autoft import checkpoint as ckpt
+    from autoft.cadence import AUTO
     from autoft.controller import model_label, tokenize_for
     from autoft.trial import PrintReporter, RunOptions, run_trial
 
@@ -96,9 +97,9 @@ def train(
                          checkpoint_dir=output.resolve(), keep_checkpoints=cfg.search.keep_checkpoints,
                          trust_remote_code=cfg.model.trust_remote_code, metric=cfg.search.metric,
                          mode=cfg.search.mode, cache_frozen=cfg.train.cache_frozen,
-                         cache_max_bytes=int(cfg.train.cache_max_gb * 1e9),
+                         cache_max_bytes=cfg.train.cache_max_bytes,
                          # auto's extra evaluations feed a pruner; one trial alone has none.
-                         evals_per_epoch=1 if cfg.train.evals_per_epoch == "auto" else cfg.train.evals_per_epoch)
+                         evals_per_epoch=1 if cfg.train.evals_per_epoch == AUTO else cfg.train.evals_per_epoch)
     result = run_trial(plan.base_recipe, data, plan.model_path, PrintReporter(_err), options, resume_from)
     majority = float(max(_label_counts(data.validation.labels)) / len(data.validation))
     out = {"status": result.status, "reason": result.reason, "best": result.best,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -67,7 +67,7 @@ class TrainConfig(_Section):
         10, gt=0, description="disk the frozen-prefix cache (<storage>/prefix-cache) may use; least recently used "
                               "data's cache is removed first, and data whose cache alone is larger trains without it")
     threads: int | None = Field(None, ge=1, description="torch CPU threads per trial (default: cpus_per_trial)")
-    evals_per_epoch: Annotated[int, Field(ge=1, le=20)] | Literal["auto"] = Field(
+    evals_per_epoch: int | Literal["auto"] = Field(
         "auto",
         description="evaluations (reports, checkpoints) per epoch; 2 lets the pruner stop a bad trial after half "
                     "an epoch (pruning.grace_period then counts evaluations); auto: 2 when half an epoch is at "
@@ -76,12 +76,17 @@ class TrainConfig(_Section):
     @field_validator("evals_per_epoch", mode="before")
     @classmethod
     def _evals(cls, v: Any) -> Any:
-        # One message instead of pydantic's one per member of the union.
+        # The range lives here, not in the type: one message instead of pydantic's one per
+        # member of the union.
         if isinstance(v, str) and v.strip().isdigit():
             v = int(v)
         if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 20):
             return v
         raise ValueError("must be an integer from 1 to 20, or auto")
+
+    @property
+    def cache_max_bytes(self) -> int:
+        return int(self.cache_max_gb * 1e9)
 
 
 DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")

@@ -212,7 +212,8 @@ def resume_search(target: str, storage: str = "autoft-runs", echo: Any = print,
                 "train.evals_per_epoch"):
         before, after = _dig(state["config"], key), _dig(config_to_dict(cfg), key)
         if before != after:
-            raise InputError(key, f"changed from {before!r} to {after!r}; a resumed search keeps its objective and space",
+            raise InputError(key, f"changed from {before!r} to {after!r}; a resumed search keeps its objective, space "
+                             "and evaluation cadence",
                              "start a new search to change it")
     # The search continues where its files are, whatever the current folder is.
     cfg = cfg.model_copy(update={"storage": str(search_dir.parent)})
@@ -281,7 +282,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
         from autoft.prefix_cache import over_bound_notice
 
         notice = over_bound_notice({"train": data.train, "validation": data.validation}, plan.hidden_size,
-                                   plan.num_layers, int(cfg.train.cache_max_gb * 1e9))
+                                   plan.num_layers, cfg.train.cache_max_bytes)
         if notice:
             echo(notice)
 
@@ -331,7 +332,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
                          "eval_batch_size": cfg.train.eval_batch_size, "threads": threads,
                          "trust_remote_code": cfg.model.trust_remote_code, "metric": metric, "mode": mode,
                          "cache_frozen": cfg.train.cache_frozen, "cache_dir": storage / "prefix-cache",
-                         "cache_max_bytes": int(cfg.train.cache_max_gb * 1e9),
+                         "cache_max_bytes": cfg.train.cache_max_bytes,
                          "evals_per_epoch": plan.evals_per_epoch}}
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, data=data, setup=setup),
@@ -478,7 +479,8 @@ def _open_tracking(cfg: ExperimentConfig, plan: SearchPlan, search_dir: Path, re
         "num_trials": cfg.search.num_trials, "time_budget_s": cfg.search.time_budget_s,
         "max_concurrent": cfg.search.max_concurrent, "metric": cfg.search.metric, "mode": cfg.search.mode,
         "search_seed": cfg.search.seed, "grace_period": cfg.pruning.grace_period,
-        "reduction_factor": cfg.pruning.reduction_factor, "evals_per_epoch": plan.evals_per_epoch, **static}, {"autoft.storage": str(search_dir)})
+        "reduction_factor": cfg.pruning.reduction_factor, "evals_per_epoch": plan.evals_per_epoch, **static},
+        {"autoft.storage": str(search_dir)})
     config, space = config_to_dict(cfg), _space_dict(plan.space)
     tracker.log_dict(parent, config, "config.yaml")
     tracker.log_dict(parent, space, "space.yaml")

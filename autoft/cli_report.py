@@ -116,19 +116,21 @@ def register(app: typer.Typer) -> None:
         uri = _tracking_uri(storage, tracking_uri)
         from autoft.report import LiveView, make_server
 
-        try:
-            server = make_server(LiveView(uri, name, storage or DEFAULT_STORAGE, refresh), host, port)
-        except OSError as exc:
-            _fail(InputError("--port", f"cannot listen on {host}:{port} ({exc.strerror or exc})",
-                             "pick another port, or --port 0 for any free one"))
-        address = f"http://{server.server_address[0]}:{server.server_address[1]}"
-        typer.echo(f"live report of {name}: {address}  (refreshes every {refresh} s; Ctrl-C to stop)")
-        typer.echo(f"offline copy: {address}/report.html")
-        try:
-            with _stop_on_ctrl_c():
+        # Ctrl-C is armed before the address is printed: a script that reads the address and
+        # at once sends SIGINT must stop the server, not hit the inherited SIG_IGN.
+        with _stop_on_ctrl_c():
+            try:
+                server = make_server(LiveView(uri, name, storage or DEFAULT_STORAGE, refresh), host, port)
+            except OSError as exc:
+                _fail(InputError("--port", f"cannot listen on {host}:{port} ({exc.strerror or exc})",
+                                 "pick another port, or --port 0 for any free one"))
+            address = f"http://{server.server_address[0]}:{server.server_address[1]}"
+            typer.echo(f"live report of {name}: {address}  (refreshes every {refresh} s; Ctrl-C to stop)")
+            typer.echo(f"offline copy: {address}/report.html")
+            try:
                 server.serve_forever(poll_interval=0.5)
-        finally:
-            server.server_close()
+            finally:
+                server.server_close()
         typer.echo("stopped")
 
 
@@ -165,7 +167,7 @@ def _optuna_dashboard(name: str, storage: str, tracking_uri: str | None, host: s
         from optuna_dashboard import run_server
     except ImportError:
         _fail(InputError("--optuna", "optuna-dashboard is not installed", "pip install 'autoft[dashboard]'"))
-    typer.echo(f"optuna-dashboard for {url}: http://{host}:{port}/dashboard  (study {study}; Ctrl-C to stop)")
     with _stop_on_ctrl_c():
+        typer.echo(f"optuna-dashboard for {url}: http://{host}:{port}/dashboard  (study {study}; Ctrl-C to stop)")
         run_server(url, host=host, port=port)
     typer.echo("stopped")

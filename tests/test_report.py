@@ -456,6 +456,43 @@ def test_dashboard_stops_on_sigint_even_when_started_with_sigint_ignored(written
     assert proc.returncode == 0 and "stopped" in rest, rest
 
 
+def test_dashboard_arms_ctrl_c_before_it_prints_its_address(written, monkeypatch):
+    """A script reads the address and sends SIGINT at once: the handler must already be in
+    place when the address is printed (the subprocess test above can only catch it under load)."""
+    import signal
+
+    import typer
+
+    import autoft.cli_report as cli_report
+    import autoft.report as report
+    from autoft.cli import app
+
+    root, uri, rec = written
+
+    class Server:
+        server_address = ("127.0.0.1", 1234)
+
+        def serve_forever(self, poll_interval: float) -> None:
+            pass
+
+        def server_close(self) -> None:
+            pass
+
+    seen: list[Any] = []
+    echo = typer.echo
+    monkeypatch.setattr(report, "make_server", lambda *a, **k: Server())
+    monkeypatch.setattr(cli_report.typer, "echo", lambda msg="", **k: (seen.append((msg, signal.getsignal(signal.SIGINT))), echo(msg, **k)))
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        out = CliRunner().invoke(app, ["dashboard", rec.search_id, "--port", "0", "--storage", str(root),
+                                       "--tracking-uri", uri])
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert out.exit_code == 0, out.output
+    address = [h for m, h in seen if "http://127.0.0.1:1234" in str(m)]
+    assert address and all(h is signal.default_int_handler for h in address), seen
+
+
 # --------------------------------------------------------------------------- a real search
 
 

@@ -886,10 +886,12 @@ def pooled_runs(paths: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]
                      "of the same data and training sizes")
     # A later file's run replaces an earlier one of the same system, dataset and seed. A
     # file from before B2 searched schedules says nothing of it: its B2 is B2n.
-    by_key = {(system, r["dataset"], r["seed"]): {**r, "system": system,
-                                                   "budget_s": r.get("budget_s", f["settings"].get("budget_s"))}
-              for f in files for r in f["runs"]
-              for system in [_b2_name(r["system"], f["settings"])]}
+    by_key: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for f in files:
+        for r in f["runs"]:
+            run = {**r, "system": _b2_name(r["system"], f["settings"]),
+                   "budget_s": r.get("budget_s", f["settings"].get("budget_s"))}
+            by_key[run["system"], run["dataset"], run["seed"]] = run
     runs = list(by_key.values())
     settings = {**first, "dataset_list": sorted({d for f in files for d in f["settings"]["dataset_list"]}),
                 "seeds": max(f["settings"]["seeds"] for f in files)}

@@ -480,8 +480,13 @@ def test_dashboard_arms_ctrl_c_before_it_prints_its_address(written, monkeypatch
 
     seen: list[Any] = []
     echo = typer.echo
+
+    def recording_echo(msg: Any = "", **kw: Any) -> None:
+        seen.append((msg, signal.getsignal(signal.SIGINT)))
+        echo(msg, **kw)
+
     monkeypatch.setattr(report, "make_server", lambda *a, **k: Server())
-    monkeypatch.setattr(cli_report.typer, "echo", lambda msg="", **k: (seen.append((msg, signal.getsignal(signal.SIGINT))), echo(msg, **k)))
+    monkeypatch.setattr(cli_report.typer, "echo", recording_echo)
     before = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         out = CliRunner().invoke(app, ["dashboard", rec.search_id, "--port", "0", "--storage", str(root),

@@ -112,6 +112,10 @@ class SearchConfig(_Section):
     metric: str = Field("eval_f1", description="eval_f1 (macro), eval_accuracy or eval_loss")
     mode: Literal["max", "min"] = "max"
     sampler: Literal["tpe", "random", "cmaes", "gp", "qmc"] = "tpe"
+    startup_trials: int | None = Field(
+        None, ge=1, le=UNBOUNDED_TRIALS,
+        description="tpe, gp, cmaes: trials (warm starts included) sampled at random before the sampler models "
+                    "the results; default for tpe max(3, min(10, num_trials // 3)), for gp and cmaes Optuna's")
     seed: int = Field(0, ge=0)
     warm_start: bool = Field(True, description="enqueue known-good recipes as the first trials")
     trial_timeout_s: float | None = Field(None, gt=0)
@@ -125,6 +129,13 @@ class SearchConfig(_Section):
         if isinstance(data, dict) and data.get("time_budget_s") is not None and "num_trials" not in data:
             data = {**data, "num_trials": UNBOUNDED_TRIALS}
         return data
+
+    @model_validator(mode="after")
+    def _startup_needs_a_model(self) -> SearchConfig:
+        if self.startup_trials is not None and self.sampler in ("random", "qmc"):
+            raise InputError("search.startup_trials", f"sampler {self.sampler} samples every trial without a model",
+                             "remove search.startup_trials or use sampler tpe, gp or cmaes")
+        return self
 
     @field_validator("time_budget_s", mode="before")
     @classmethod

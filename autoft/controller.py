@@ -347,7 +347,8 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
     if resume is None:
         searcher = PruneAwareOptunaSearch(
             space=plan.space.define_by_run(), metric=metric, mode=mode,
-            sampler=make_sampler(cfg.search.sampler, cfg.search.seed, cfg.search.num_trials),
+            sampler=make_sampler(cfg.search.sampler, cfg.search.seed, cfg.search.num_trials,
+                                 cfg.search.startup_trials),
             study_name=search_id, storage=optuna.storages.RDBStorage(f"sqlite:///{storage / 'optuna.db'}"),
             points_to_evaluate=plan.space.starting_points() if cfg.search.warm_start else None,
         )

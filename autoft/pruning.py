@@ -18,23 +18,30 @@ from ray.tune.search.optuna import OptunaSearch
 from autoft.outcome import COMPLETED, FAILED, PRUNED, classify, eval_step
 
 
-def make_sampler(name: str, seed: int, num_trials: int) -> Any:
+def default_startup_trials(num_trials: int) -> int:
+    # Few, because the warm-start points already cover the known-good region.
+    return max(3, min(10, num_trials // 3))
+
+
+def make_sampler(name: str, seed: int, num_trials: int, startup_trials: int | None = None) -> Any:
+    """``startup_trials``: random trials (warm starts included) before tpe, gp or cmaes model the
+    results; None keeps :func:`default_startup_trials` for tpe and Optuna's own for gp and cmaes."""
     import warnings
 
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    startup = {} if startup_trials is None else {"n_startup_trials": startup_trials}
     if name == "tpe":
-        # Multivariate + group handles conditional spaces; few startup trials
-        # because the warm-start points already cover the known-good region.
-        return optuna.samplers.TPESampler(
-            seed=seed, multivariate=True, group=True, n_startup_trials=max(3, min(10, num_trials // 3)))
+        # Multivariate + group handles conditional spaces.
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                          **({"n_startup_trials": default_startup_trials(num_trials)} | startup))
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed)
+        return optuna.samplers.CmaEsSampler(seed=seed, **startup)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
+        return optuna.samplers.GPSampler(seed=seed, **startup)
     if name == "qmc":
         return optuna.samplers.QMCSampler(seed=seed)
     raise ValueError(f"unknown sampler {name!r}")

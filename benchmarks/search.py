@@ -77,6 +77,8 @@ VARIANTS = {
     "half": ["train.evals_per_epoch=2"],
     # One evaluation an epoch whatever its length (the default before evals_per_epoch=auto).
     "epoch": ["train.evals_per_epoch=1"],
+    # TPE models the results after the 2 warm starts and 3 random trials, not 2 + 8.
+    "startup5": ["search.startup_trials=5"],
 }
 ALL_SYSTEMS = (*SEARCH_SYSTEMS, "b4", *VARIANTS)
 NAMES = {
@@ -87,6 +89,7 @@ NAMES = {
     "nopruning": "autoft no pruning",
     "half": "autoft eval every half epoch",
     "epoch": "autoft eval once an epoch",
+    "startup5": "autoft TPE after 5 trials",
     "autoft": "autoft defaults",
     "b1": "B1 Trainer.hp_search",
     "b2": "B2 Ray+Optuna+ASHA",

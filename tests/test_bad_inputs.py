@@ -56,6 +56,8 @@ CASES = [
     ("metric-bad", "search.metric", lambda t: ["--set", "search.metric=bleu"]),
     ("mode-bad", "search.mode", lambda t: ["--set", "search.mode=up"]),
     ("sampler-bad", "search.sampler", lambda t: ["--set", "search.sampler=grid"]),
+    ("startup-without-model", "search.startup_trials",
+     lambda t: ["--set", "search.sampler=random", "--set", "search.startup_trials=4"]),
     ("scheduler-bad", "pruning.scheduler", lambda t: ["--set", "pruning.scheduler=pbt"]),
     ("reduction-one", "pruning.reduction_factor", lambda t: ["--set", "pruning.reduction_factor=1"]),
     ("gpus-negative", "resources.gpus_per_trial", lambda t: ["--set", "resources.gpus_per_trial=-1"]),

@@ -200,6 +200,7 @@ def test_unknown_key_in_a_file(tmp_path: Path) -> None:
         ("search.metric=f1", "search.metric"),
         ("search.mode=up", "search.mode"),
         ("search.sampler=grid", "search.sampler"),
+        ("search.startup_trials=0", "search.startup_trials"),
         ("search.num_trials=0", "search.num_trials"),
         ("search.time_budget_s=-1", "search.time_budget_s"),
         ("search.time_budget_s=3x", "search.time_budget_s"),

@@ -27,3 +27,15 @@ def test_a_trial_optuna_already_ended_is_not_told_again() -> None:
     (trial,) = search._ot_study.get_trials()
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == 0.8
     assert trial.intermediate_values == {1: 0.7, 2: 0.8}
+
+
+def test_startup_trials_reach_the_sampler_and_default_by_search_size() -> None:
+    from autoft.pruning import default_startup_trials, make_sampler
+
+    # Optuna keeps the count in a private attribute; reading it is the only way to see
+    # what the sampler was built with short of running a study.
+    assert make_sampler("tpe", 0, 100000)._n_startup_trials == 10
+    assert make_sampler("tpe", 0, 8)._n_startup_trials == default_startup_trials(8) == 3
+    assert make_sampler("tpe", 0, 100000, startup_trials=5)._n_startup_trials == 5
+    assert make_sampler("gp", 0, 8, startup_trials=4)._n_startup_trials == 4
+    assert make_sampler("cmaes", 0, 8, startup_trials=4)._n_startup_trials == 4

@@ -130,6 +130,13 @@ class SearchConfig(_Section):
             data = {**data, "num_trials": UNBOUNDED_TRIALS}
         return data
 
+    def resolved_startup_trials(self) -> int | None:
+        """The sampler's random start; None leaves Optuna's default (gp, cmaes) or has none."""
+        if self.startup_trials is not None or self.sampler != "tpe":
+            return self.startup_trials
+        # Few, because the warm-start points already cover the known-good region.
+        return max(3, min(10, self.num_trials // 3))
+
     @model_validator(mode="after")
     def _startup_needs_a_model(self) -> SearchConfig:
         if self.startup_trials is not None and self.sampler in ("random", "qmc"):

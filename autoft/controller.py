@@ -209,7 +209,7 @@ def resume_search(target: str, storage: str = "autoft-runs", echo: Any = print,
     cfg = validate_config(raw, str(search_dir / STATE_FILE))
     # evals_per_epoch: the pruner's rungs and the trials' checkpoints count evaluations.
     for key in ("search.metric", "search.mode", "space", "pruning.scheduler", "search.sampler",
-                "train.evals_per_epoch"):
+                "search.startup_trials", "train.evals_per_epoch"):
         before, after = _dig(state["config"], key), _dig(config_to_dict(cfg), key)
         if before != after:
             raise InputError(key, f"changed from {before!r} to {after!r}; a resumed search keeps its objective, space "
@@ -347,8 +347,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
     if resume is None:
         searcher = PruneAwareOptunaSearch(
             space=plan.space.define_by_run(), metric=metric, mode=mode,
-            sampler=make_sampler(cfg.search.sampler, cfg.search.seed, cfg.search.num_trials,
-                                 cfg.search.startup_trials),
+            sampler=make_sampler(cfg.search.sampler, cfg.search.seed, cfg.search.resolved_startup_trials()),
             study_name=search_id, storage=optuna.storages.RDBStorage(f"sqlite:///{storage / 'optuna.db'}"),
             points_to_evaluate=plan.space.starting_points() if cfg.search.warm_start else None,
         )
@@ -477,7 +476,7 @@ def _open_tracking(cfg: ExperimentConfig, plan: SearchPlan, search_dir: Path, re
         return tracker, resume.parent_run_id, log
     parent = tracker.start_search(search_id, {
         "space": plan.space.name, "sampler": cfg.search.sampler, "scheduler": cfg.pruning.scheduler,
-        "num_trials": cfg.search.num_trials, "time_budget_s": cfg.search.time_budget_s,
+        "startup_trials": cfg.search.resolved_startup_trials(), "num_trials": cfg.search.num_trials, "time_budget_s": cfg.search.time_budget_s,
         "max_concurrent": cfg.search.max_concurrent, "metric": cfg.search.metric, "mode": cfg.search.mode,
         "search_seed": cfg.search.seed, "grace_period": cfg.pruning.grace_period,
         "reduction_factor": cfg.pruning.reduction_factor, "evals_per_epoch": plan.evals_per_epoch, **static},

@@ -18,14 +18,9 @@ from ray.tune.search.optuna import OptunaSearch
 from autoft.outcome import COMPLETED, FAILED, PRUNED, classify, eval_step
 
 
-def default_startup_trials(num_trials: int) -> int:
-    # Few, because the warm-start points already cover the known-good region.
-    return max(3, min(10, num_trials // 3))
-
-
-def make_sampler(name: str, seed: int, num_trials: int, startup_trials: int | None = None) -> Any:
+def make_sampler(name: str, seed: int, startup_trials: int | None = None) -> Any:
     """``startup_trials``: random trials (warm starts included) before tpe, gp or cmaes model the
-    results; None keeps :func:`default_startup_trials` for tpe and Optuna's own for gp and cmaes."""
+    results (see :meth:`autoft.config.SearchConfig.resolved_startup_trials`); None: Optuna's default."""
     import warnings
 
     import optuna
@@ -34,8 +29,7 @@ def make_sampler(name: str, seed: int, num_trials: int, startup_trials: int | No
     startup = {} if startup_trials is None else {"n_startup_trials": startup_trials}
     if name == "tpe":
         # Multivariate + group handles conditional spaces.
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                          **({"n_startup_trials": default_startup_trials(num_trials)} | startup))
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, **startup)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":

@@ -29,13 +29,20 @@ def test_a_trial_optuna_already_ended_is_not_told_again() -> None:
     assert trial.intermediate_values == {1: 0.7, 2: 0.8}
 
 
-def test_startup_trials_reach_the_sampler_and_default_by_search_size() -> None:
-    from autoft.pruning import default_startup_trials, make_sampler
 
-    # Optuna keeps the count in a private attribute; reading it is the only way to see
-    # what the sampler was built with short of running a study.
-    assert make_sampler("tpe", 0, 100000)._n_startup_trials == 10
-    assert make_sampler("tpe", 0, 8)._n_startup_trials == default_startup_trials(8) == 3
-    assert make_sampler("tpe", 0, 100000, startup_trials=5)._n_startup_trials == 5
-    assert make_sampler("gp", 0, 8, startup_trials=4)._n_startup_trials == 4
-    assert make_sampler("cmaes", 0, 8, startup_trials=4)._n_startup_trials == 4
+def test_startup_trials_reach_the_sampler_and_default_by_search_size() -> None:
+    from autoft.config import load_config
+    from autoft.pruning import make_sampler
+
+    def startup(*overrides: str) -> int:
+        search = load_config(None, list(overrides)).search
+        # Optuna keeps the count in a private attribute; reading it is the only way to see
+        # what the sampler was built with short of running a study.
+        return make_sampler(search.sampler, 0, search.resolved_startup_trials())._n_startup_trials
+
+    assert startup() == 3  # 8 trials
+    assert startup("search.time_budget_s=1h") == 10  # bounded by time only
+    assert startup("search.time_budget_s=1h", "search.startup_trials=5") == 5
+    assert startup("search.sampler=gp", "search.startup_trials=4") == 4
+    assert startup("search.sampler=cmaes", "search.startup_trials=4") == 4
+    assert startup("search.sampler=gp") == 10  # Optuna's own default

@@ -138,6 +138,9 @@ def test_resume_refuses_a_changed_objective(killed_then_resumed):
         resume_search(search_id, str(storage), echo=lambda *_: None, overrides=["search.metric=eval_f1"])
     with pytest.raises(InputError, match="train.evals_per_epoch"):
         resume_search(search_id, str(storage), echo=lambda *_: None, overrides=["train.evals_per_epoch=2"])
+    # The sampler comes back from Ray's saved state: a new random start would be ignored.
+    with pytest.raises(InputError, match="search.startup_trials"):
+        resume_search(search_id, str(storage), echo=lambda *_: None, overrides=["search.startup_trials=4"])
 
 
 def test_resume_of_unknown_search_is_a_clear_error(tmp_path):

@@ -43,6 +43,8 @@ def test_parent_and_exactly_one_child_per_trial(finished_search):
     assert {c.data.tags["autoft.role"] for c in children} == {"trial"}
     assert all(c.info.status in ("FINISHED", "FAILED") for c in children)
     assert parent.data.metrics["n_trials"] == N_TRIALS
+    # The random start TPE used: max(3, min(10, 6 trials // 3)).
+    assert parent.data.params["startup_trials"] == "3"
 
 
 def test_children_have_aligned_params_metrics_and_status(finished_search):

@@ -811,6 +811,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="trec,sst2", help="folders of ../shared/data (text,label CSVs)")
     ap.add_argument("--seeds", type=int, default=3, help="search seeds 0..N-1 (training seed 42+s)")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="start the seeds here (K..K+N-1): more seeds for an earlier run, pooled with --reanalyze")
     ap.add_argument("--budget-s", type=float, default=120,
                     help="wall-clock seconds per search system and seed, from its start (0: a fixed --trials)")
     ap.add_argument("--budget-for", default="", metavar="SYSTEM=S,...",
@@ -897,7 +899,7 @@ def pooled_runs(paths: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]
             by_key[run["system"], run["dataset"], run["seed"]] = run
     runs = list(by_key.values())
     settings = {**first, "dataset_list": sorted({d for f in files for d in f["settings"]["dataset_list"]}),
-                "seeds": max(f["settings"]["seeds"] for f in files)}
+                "seeds": len({r["seed"] for r in runs})}
     return settings, runs
 
 
@@ -930,13 +932,13 @@ def main(argv: list[str] | None = None) -> int:
     data = prepare_data(args.dataset_list, args.samples, args.val_samples, work / "data")
     budget = f"{args.budget_s:.0f} s per search (at most {args.trials} trials)" if args.budget_s else \
         f"{args.trials} trials"
-    log(f"{len(args.dataset_list)} datasets x {args.seeds} seeds x systems {','.join(args.system_list)}; "
+    log(f"{len(args.dataset_list)} datasets x {args.seeds} seeds from {args.first_seed} x systems {','.join(args.system_list)}; "
         f"{budget} of {args.epochs} epochs, {args.samples} train / {args.val_samples} validation "
         f"examples, max_length {args.max_length}; work folder {work}")
     runs: list[dict[str, Any]] = []
     try:
         for ds in args.dataset_list:
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 for system in args.system_list:
                     if args.only_on[system] and ds not in args.only_on[system]:
                         continue

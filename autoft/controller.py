@@ -476,7 +476,8 @@ def _open_tracking(cfg: ExperimentConfig, plan: SearchPlan, search_dir: Path, re
         return tracker, resume.parent_run_id, log
     parent = tracker.start_search(search_id, {
         "space": plan.space.name, "sampler": cfg.search.sampler, "scheduler": cfg.pruning.scheduler,
-        "startup_trials": cfg.search.resolved_startup_trials(), "num_trials": cfg.search.num_trials, "time_budget_s": cfg.search.time_budget_s,
+        "startup_trials": cfg.search.resolved_startup_trials(), "num_trials": cfg.search.num_trials,
+        "time_budget_s": cfg.search.time_budget_s,
         "max_concurrent": cfg.search.max_concurrent, "metric": cfg.search.metric, "mode": cfg.search.mode,
         "search_seed": cfg.search.seed, "grace_period": cfg.pruning.grace_period,
         "reduction_factor": cfg.pruning.reduction_factor, "evals_per_epoch": plan.evals_per_epoch, **static},

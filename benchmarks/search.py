@@ -932,7 +932,8 @@ def main(argv: list[str] | None = None) -> int:
     data = prepare_data(args.dataset_list, args.samples, args.val_samples, work / "data")
     budget = f"{args.budget_s:.0f} s per search (at most {args.trials} trials)" if args.budget_s else \
         f"{args.trials} trials"
-    log(f"{len(args.dataset_list)} datasets x {args.seeds} seeds from {args.first_seed} x systems {','.join(args.system_list)}; "
+    log(f"{len(args.dataset_list)} datasets x {args.seeds} seeds from {args.first_seed} x systems "
+        f"{','.join(args.system_list)}; "
         f"{budget} of {args.epochs} epochs, {args.samples} train / {args.val_samples} validation "
         f"examples, max_length {args.max_length}; work folder {work}")
     runs: list[dict[str, Any]] = []

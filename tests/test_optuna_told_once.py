@@ -29,7 +29,6 @@ def test_a_trial_optuna_already_ended_is_not_told_again() -> None:
     assert trial.intermediate_values == {1: 0.7, 2: 0.8}
 
 
-
 def test_startup_trials_reach_the_sampler_and_default_by_search_size() -> None:
     from autoft.config import load_config
     from autoft.pruning import make_sampler

@@ -23,7 +23,8 @@ def _search(tiny_model, tiny_data, storage, seed, trials=5):
         "search.max_concurrent=1", f"search.seed={seed}", "search.metric=eval_loss", "search.mode=min",
         "tracking.log_best_model=false",
     ])
-    return run_search(cfg, echo=lambda line: None).trials.drop(columns=list(TIMING)).sort_values("number").reset_index(drop=True)
+    trials = run_search(cfg, echo=lambda line: None).trials
+    return trials.drop(columns=list(TIMING)).sort_values("number").reset_index(drop=True)
 
 
 def test_same_seed_same_search_one_trial_at_a_time(tiny_model, tiny_data, tmp_path):

@@ -15,7 +15,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from autoft.outcome import as_epoch, classify, eval_step
+from autoft.outcome import as_epoch, best_row, classify, eval_step
 from autoft.recipe import RECIPE_FIELDS
 from autoft.space import TRIAL_NUMBER_KEY, SearchSpace
 from autoft.tracking import TRIAL_METRICS, SearchTracker, aligned_params, trial_run_name
@@ -178,14 +178,30 @@ class MlflowTrialCallback(Callback):
 
 
 class PrunedCheckpointJanitor(Callback):
-    """A pruned trial never resumes: free its checkpoints at once (bounded disk)."""
+    """A pruned trial never resumes: free its checkpoints (bounded disk), except while it
+    leads the search: ASHA judges a trial against its rung, so a trial it stops may still
+    hold the best evaluation of the search, and that checkpoint is the one exported."""
 
-    def __init__(self, log: TrialLog, search_dir: Path) -> None:
-        self.log, self.search_dir = log, search_dir
+    def __init__(self, log: TrialLog, search_dir: Path, metric: str, mode: str) -> None:
+        self.log, self.search_dir, self.metric, self.mode = log, search_dir, metric, mode
+        # Pruned trials whose checkpoints may still be on disk (a resumed search's included).
+        self._held = {n for n, r in log.rows.items() if r.get("status") == "pruned"}
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self.log.row(trial_number(trial)).get("status") == "pruned":
-            for ckpt in (self.search_dir / f"trial_{trial.trial_id}").glob("checkpoint_*"):
+        number = trial_number(trial)
+        if self.log.row(number).get("status") == "pruned":
+            self._held.add(number)
+        self.free_overtaken()
+
+    def free_overtaken(self) -> None:
+        rows = [self.log.rows[n] for n in sorted(self.log.rows)]
+        leader = best_row(rows, self.metric, self.mode)
+        for number in sorted(self._held):
+            row = self.log.rows[number]
+            if row is leader:
+                continue
+            self._held.discard(number)
+            for ckpt in (self.search_dir / f"trial_{row.get('trial_id')}").glob("checkpoint_*"):
                 shutil.rmtree(ckpt, ignore_errors=True)
 
 

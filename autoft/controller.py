@@ -25,6 +25,7 @@ from autoft.config import UNBOUNDED_TRIALS, ExperimentConfig, config_to_dict
 from autoft.data import PreparedData, TextData, load_text_data, prepare_data
 from autoft.errors import InputError
 from autoft.models import check_model_dir, load_tokenizer, model_config, preload_classifier_code
+from autoft.outcome import best_row
 from autoft.recipe import Recipe
 from autoft.space import SearchSpace, load_space
 
@@ -339,7 +340,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial})
     mlflow_cb = MlflowTrialCallback(tracker, plan.space, plan.base_recipe.to_dict(), static, search_id,
                                     metric, mode, log)
-    callbacks = [mlflow_cb, PrunedCheckpointJanitor(log, search_dir),
+    callbacks = [mlflow_cb, PrunedCheckpointJanitor(log, search_dir, metric, mode),
                  StatusLineCallback(log, metric, mode, echo, cfg.search.num_trials if bounded else None)]
     if cfg.search.trial_timeout_s:
         callbacks.append(TrialTimeout(cfg.search.trial_timeout_s, mlflow_cb))
@@ -405,13 +406,13 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
     tracker.close_open_trials("killed", "search ended before the trial finished")
 
     rows = sorted(log.rows.values(), key=lambda r: r.get("number", 0))
-    best_row = _best_row(rows, mode)
+    leader = best_row(rows, metric, mode)
     best_ckpt_dir: Path | None = None
     test_metrics: dict[str, float] = {}
     model_info: dict[str, Any] = {}
-    if best_row is not None:
+    if leader is not None:
         phases.enter("export")
-        best_ckpt_dir = _export_best(grid, best_row.get("trial_id"), metric, mode, search_dir, plan, cfg)
+        best_ckpt_dir = _export_best(grid, leader.get("trial_id"), metric, mode, search_dir, plan, cfg)
         if best_ckpt_dir is not None and data.test is not None:
             phases.enter("test")
             if preload is not None:
@@ -437,8 +438,8 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
     } for r in rows])
     result = SearchResult(
         search_id=search_id,
-        best_value=best_row["best"] if best_row else None,
-        best_config=best_row["recipe"] if best_row else {},
+        best_value=leader["best"] if leader else None,
+        best_config=leader["recipe"] if leader else {},
         best_checkpoint=str(best_ckpt_dir) if best_ckpt_dir else None,
         mlflow_experiment_id=tracker.experiment_id, mlflow_run_id=parent, tracking_uri=tracking_uri,
         storage_dir=str(search_dir), n_trials=len(rows), n_completed=counts["completed"],
@@ -451,9 +452,9 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
                "n_completed": result.n_completed, "n_pruned": result.n_pruned, "n_failed": result.n_failed,
                "wall_seconds": result.wall_seconds, **{f"test_{k.removeprefix('eval_')}": v for k, v in test_metrics.items()},
                **{f"phase_{k}_seconds": v for k, v in result.phase_seconds.items()}}
-    if best_row:
-        tracker.log_dict(parent, best_row["recipe"], "best_config.yaml")
-    tracker.end_search(status, summary, {"autoft.best_trial_run": best_row.get("run_id", "") if best_row else ""})
+    if leader:
+        tracker.log_dict(parent, leader["recipe"], "best_config.yaml")
+    tracker.end_search(status, summary, {"autoft.best_trial_run": leader.get("run_id", "") if leader else ""})
     search_dir.mkdir(parents=True, exist_ok=True)
     (search_dir / "search.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
     return result
@@ -575,13 +576,6 @@ def _space_dict(space: SearchSpace) -> dict[str, Any]:
             spec.pop("log", None)
         params[n] = spec
     return {"name": space.name, "description": space.description, "fixed": space.fixed, "params": params}
-
-
-def _best_row(rows: list[dict[str, Any]], mode: str) -> dict[str, Any] | None:
-    scored = [r for r in rows if r.get("best") is not None and r["status"] != "failed"]
-    if not scored:
-        return None
-    return (max if mode == "max" else min)(scored, key=lambda r: r["best"])
 
 
 def _export_best(grid: Any, trial_id: str, metric: str, mode: str, search_dir: Path,

@@ -1,6 +1,7 @@
-"""How a trial ended, decided from its last result: one pure function shared by
-the Optuna searcher, the MLflow callback and the leaderboard, so the three
-never disagree about which trials were pruned."""
+"""How a trial ended, decided from its last result, and which trial leads: pure
+functions shared by the Optuna searcher, the MLflow callback, the checkpoint janitor
+and the leaderboard, so they never disagree about which trials were pruned or which
+one the search will pick."""
 
 from __future__ import annotations
 
@@ -31,6 +32,24 @@ def classify(result: dict[str, Any] | None, error: bool, error_text: str = "") -
     if total and epoch < total:
         return Outcome(PRUNED, f"pruned at epoch {epoch}", epoch)
     return Outcome(COMPLETED, "", epoch)
+
+
+def row_best(row: dict[str, Any], metric: str, mode: str) -> float | None:
+    """A trial's best value so far: its closing summary once it ended, else the best
+    evaluation it has reported (a running trial's best can only improve)."""
+    if row.get("best") is not None:
+        return row["best"]
+    values = [h[metric] for h in row.get("history", ()) if h.get(metric) is not None]
+    return (max if mode == "max" else min)(values) if values else None
+
+
+def best_row(rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
+    """The trial the search picks: the best value of any trial that did not fail, pruned
+    and time-cut ones included; ties go to the earliest of ``rows``."""
+    scored = [(v, r) for r in rows if r.get("status") != FAILED and (v := row_best(r, metric, mode)) is not None]
+    if not scored:
+        return None
+    return (max if mode == "max" else min)(scored, key=lambda vr: vr[0])[1]
 
 
 def eval_step(result: dict[str, Any]) -> int:

@@ -41,7 +41,7 @@ MIN_IMPORTANCE_TRIALS = 3
 STATUS_COLORS = {"completed": "#2b6cb0", "pruned": "#dd6b20", "failed": "#c53030",
                  "killed": "#718096", "running": "#38a169"}
 BEST_COLOR = "#6b46c1"
-FAILED = ("failed",)  # never ranked (controller._best_row); killed trials keep their values
+FAILED = ("failed",)  # never ranked (outcome.best_row); killed trials keep their values
 
 # (epoch, value, timestamp in ms); epochs are the MLflow steps, or with train.evals_per_epoch > 1
 # the "epoch" each step logged (0.5, 1, 1.5...)
@@ -260,7 +260,7 @@ def _per_step(trial: TrialRecord, name: str) -> dict[int, float]:
 
 def _trial_value(trial: TrialRecord, metric: str, mode: str) -> tuple[float | None, int | None]:
     if trial.status in FAILED:
-        return None, None  # the search never picks a failed trial (controller._best_row)
+        return None, None  # the search never picks a failed trial (outcome.best_row)
     points = _valid_points(trial, metric)
     if not points:
         v = trial.summary.get(f"best_{metric}")

@@ -1,0 +1,100 @@
+"""Which trial the search picks, and that its checkpoint survives the pruned-checkpoint janitor.
+
+A trial ASHA stops is judged against its rung, not against the search: its best evaluation can
+still be the best of the search, and the search then exports that trial's checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from autoft.callbacks import PrunedCheckpointJanitor, TrialLog
+from autoft.outcome import best_row
+from autoft.space import TRIAL_NUMBER_KEY
+
+METRIC = "eval_f1"
+
+
+def _row(log: TrialLog, number: int, status: str, values: list[float], closed: bool = True) -> dict:
+    row = log.row(number)
+    row.update(trial_id=f"id{number}", status=status,
+               history=[{METRIC: v, "epoch": i + 1, "step": i + 1} for i, v in enumerate(values)])
+    if closed:
+        row["best"] = max(values) if values and status != "failed" else None
+    return row
+
+
+def _checkpoints(search_dir: Path, number: int) -> Path:
+    trial_dir = search_dir / f"trial_id{number}"
+    for i in range(2):
+        (trial_dir / f"checkpoint_00000{i}").mkdir(parents=True)
+        (trial_dir / f"checkpoint_00000{i}" / "model.safetensors").write_bytes(b"x")
+    return trial_dir
+
+
+def _complete(janitor: PrunedCheckpointJanitor, number: int) -> None:
+    janitor.on_trial_complete(0, [], SimpleNamespace(config={TRIAL_NUMBER_KEY: number}))
+
+
+def test_best_row_counts_pruned_and_running_trials_not_failed_ones() -> None:
+    log = TrialLog()
+    _row(log, 0, "completed", [0.70, 0.78])
+    pruned = _row(log, 1, "pruned", [0.81])
+    _row(log, 2, "failed", [0.95])
+    rows = [log.rows[n] for n in sorted(log.rows)]
+    assert best_row(rows, METRIC, "max") is pruned
+    running = _row(log, 3, "running", [0.60, 0.83], closed=False)
+    rows = [log.rows[n] for n in sorted(log.rows)]
+    assert best_row(rows, METRIC, "max") is running
+    assert best_row(rows, METRIC, "min")["number"] == 3  # 0.60 is the lowest of any that did not fail
+    assert best_row([], METRIC, "max") is None
+
+
+def test_best_row_ties_go_to_the_earliest_trial() -> None:
+    log = TrialLog()
+    first = _row(log, 0, "pruned", [0.8])
+    _row(log, 1, "completed", [0.8])
+    assert best_row([log.rows[0], log.rows[1]], METRIC, "max") is first
+
+
+def test_janitor_keeps_a_leading_pruned_trial_until_it_is_overtaken(tmp_path: Path) -> None:
+    log = TrialLog()
+    janitor = PrunedCheckpointJanitor(log, tmp_path, METRIC, "max")
+    dirs = {n: _checkpoints(tmp_path, n) for n in range(4)}
+
+    _row(log, 0, "completed", [0.70, 0.78])
+    _complete(janitor, 0)
+    _row(log, 1, "pruned", [0.30])
+    _complete(janitor, 1)
+    assert not list(dirs[1].glob("checkpoint_*")), "a pruned trial that does not lead is freed at once"
+
+    _row(log, 2, "pruned", [0.81])
+    _complete(janitor, 2)
+    assert len(list(dirs[2].glob("checkpoint_*"))) == 2, "the leading pruned trial's checkpoint is the export"
+
+    _row(log, 3, "completed", [0.79, 0.85])
+    _complete(janitor, 3)
+    assert not list(dirs[2].glob("checkpoint_*")), "freed once another trial leads"
+    assert len(list(dirs[0].glob("checkpoint_*"))) == 2, "completed trials are not the janitor's"
+    assert len(list(dirs[3].glob("checkpoint_*"))) == 2
+
+
+def test_janitor_frees_a_pruned_trial_a_running_one_already_beats(tmp_path: Path) -> None:
+    log = TrialLog()
+    janitor = PrunedCheckpointJanitor(log, tmp_path, METRIC, "max")
+    pruned_dir = _checkpoints(tmp_path, 1)
+    _row(log, 0, "running", [0.9], closed=False)
+    _row(log, 1, "pruned", [0.8])
+    _complete(janitor, 1)
+    assert not list(pruned_dir.glob("checkpoint_*"))
+
+
+def test_janitor_of_a_resumed_search_holds_pruned_trials_from_before(tmp_path: Path) -> None:
+    log = TrialLog()
+    old_dir = _checkpoints(tmp_path, 0)
+    _row(log, 0, "pruned", [0.8])
+    janitor = PrunedCheckpointJanitor(log, tmp_path, METRIC, "max")
+    _row(log, 1, "completed", [0.9])
+    _complete(janitor, 1)
+    assert not list(old_dir.glob("checkpoint_*"))

@@ -411,18 +411,27 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
     test_metrics: dict[str, float] = {}
     model_info: dict[str, Any] = {}
     if leader is not None:
-        phases.enter("export")
-        best_ckpt_dir = _export_best(grid, leader.get("trial_id"), metric, mode, search_dir, plan, cfg)
-        if best_ckpt_dir is not None and data.test is not None:
-            phases.enter("test")
-            if preload is not None:
-                preload.join()
-            test_metrics = _score_test(best_ckpt_dir, data, cfg)
-        if best_ckpt_dir is not None and cfg.tracking.log_best_model:
-            phases.enter("register")
-            echo("logging the best checkpoint to MLflow as a registered model...")
-            model_info = log_best_model(tracking_uri, parent, best_ckpt_dir,
-                                        cfg.tracking.experiment or cfg.name, cfg.train.max_length)
+        try:
+            phases.enter("export")
+            best_ckpt_dir = _export_best(grid, leader.get("trial_id"), metric, mode, search_dir, plan, cfg)
+            if best_ckpt_dir is not None and data.test is not None:
+                phases.enter("test")
+                if preload is not None:
+                    preload.join()
+                test_metrics = _score_test(best_ckpt_dir, data, cfg)
+            if best_ckpt_dir is not None and cfg.tracking.log_best_model:
+                phases.enter("register")
+                echo("logging the best checkpoint to MLflow as a registered model...")
+                model_info = log_best_model(tracking_uri, parent, best_ckpt_dir,
+                                            cfg.tracking.experiment or cfg.name, cfg.train.max_length)
+        except Exception as exc:
+            # The trials are all recorded; the search run must not stay RUNNING in MLflow, and
+            # the trial checkpoints stay on disk for a look at what went wrong.
+            doing = {"export": "exporting the best checkpoint", "test": "scoring the test split",
+                     "register": "registering the best model"}.get(phases.current, phases.current)
+            reason = f"failed after its trials, {doing}: {type(exc).__name__}: {exc}"
+            tracker.end_search("failed", {}, {"autoft.reason": reason[:500]})
+            raise
     phases.enter("finish")
     if status == "completed":
         _drop_trial_checkpoints(search_dir)
@@ -506,6 +515,11 @@ class _Phases:
         if self._name:
             self.seconds[self._name] = self.seconds.get(self._name, 0.0) + now - self._t0
         self._name, self._t0 = name, now
+
+    @property
+    def current(self) -> str:
+        """The phase entered last ("" before the first)."""
+        return self._name
 
     def done(self) -> dict[str, float]:
         self.enter("")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from autoft.callbacks import PrunedCheckpointJanitor, TrialLog
 from autoft.outcome import best_row
 from autoft.space import TRIAL_NUMBER_KEY
@@ -98,3 +100,35 @@ def test_janitor_of_a_resumed_search_holds_pruned_trials_from_before(tmp_path: P
     _row(log, 1, "completed", [0.9])
     _complete(janitor, 1)
     assert not list(old_dir.glob("checkpoint_*"))
+
+
+@pytest.mark.ray
+def test_a_search_that_fails_after_its_trials_ends_its_mlflow_run_failed(tiny_overrides, monkeypatch) -> None:
+    import ray
+    from mlflow import MlflowClient
+
+    from autoft import controller
+    from autoft.config import load_config
+    from autoft.tracking import default_tracking_uri
+
+    def lost(*args, **kwargs):
+        raise FileNotFoundError("checkpoint_000001")
+
+    monkeypatch.setattr(controller, "_export_best", lost)
+    cfg = load_config(None, [*tiny_overrides, "name=lost", "search.num_trials=2", "search.max_concurrent=2",
+                             "train.epochs=1", "tracking.log_best_model=false"])
+    try:
+        with pytest.raises(FileNotFoundError):
+            controller.run_search(cfg, echo=lambda line: None)
+    finally:
+        ray.shutdown()
+    client = MlflowClient(default_tracking_uri(Path(cfg.storage)))
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=10)
+    search = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    trials = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(search) == 1 and len(trials) == 2
+    assert search[0].info.status == "FAILED"
+    assert search[0].data.tags["autoft.status"] == "failed"
+    reason = search[0].data.tags["autoft.reason"]
+    assert "exporting the best checkpoint" in reason and "checkpoint_000001" in reason
+    assert all(r.info.status != "RUNNING" for r in trials), "the trials stay recorded and closed"

@@ -25,7 +25,7 @@ from autoft.config import UNBOUNDED_TRIALS, ExperimentConfig, config_to_dict
 from autoft.data import PreparedData, TextData, load_text_data, prepare_data
 from autoft.errors import InputError
 from autoft.models import check_model_dir, load_tokenizer, model_config, preload_classifier_code
-from autoft.outcome import best_row
+from autoft.outcome import best_row, row_best
 from autoft.recipe import Recipe
 from autoft.space import SearchSpace, load_space
 
@@ -447,7 +447,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
     } for r in rows])
     result = SearchResult(
         search_id=search_id,
-        best_value=leader["best"] if leader else None,
+        best_value=row_best(leader, metric, mode) if leader else None,
         best_config=leader["recipe"] if leader else {},
         best_checkpoint=str(best_ckpt_dir) if best_ckpt_dir else None,
         mlflow_experiment_id=tracker.experiment_id, mlflow_run_id=parent, tracking_uri=tracking_uri,

@@ -45,6 +45,11 @@ class TrialLog:
     def row(self, number: int) -> dict[str, Any]:
         return self.rows.setdefault(number, {"number": number, "status": "running", "history": []})
 
+    def in_order(self) -> list[dict[str, Any]]:
+        """Rows by trial number: the order ``outcome.best_row`` breaks ties in, so the janitor
+        and the controller agree on which trial leads."""
+        return [self.rows[n] for n in sorted(self.rows)]
+
     def load_from_mlflow(self, tracker: SearchTracker, space: SearchSpace, metric: str) -> None:
         """A resumed search starts with what its trials reported before the interruption:
         the finished ones whole, the unfinished ones (Ray resumes them from a checkpoint)
@@ -194,8 +199,9 @@ class PrunedCheckpointJanitor(Callback):
         self.free_overtaken()
 
     def free_overtaken(self) -> None:
-        rows = [self.log.rows[n] for n in sorted(self.log.rows)]
-        leader = best_row(rows, self.metric, self.mode)
+        if not self._held:
+            return
+        leader = best_row(self.log.in_order(), self.metric, self.mode)
         for number in sorted(self._held):
             row = self.log.rows[number]
             if row is leader:

@@ -405,7 +405,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
         searcher.close_unfinished(cut_short, why)
     tracker.close_open_trials("killed", "search ended before the trial finished")
 
-    rows = sorted(log.rows.values(), key=lambda r: r.get("number", 0))
+    rows = log.in_order()
     leader = best_row(rows, metric, mode)
     best_ckpt_dir: Path | None = None
     test_metrics: dict[str, float] = {}

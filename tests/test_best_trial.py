@@ -44,10 +44,10 @@ def test_best_row_counts_pruned_and_running_trials_not_failed_ones() -> None:
     _row(log, 0, "completed", [0.70, 0.78])
     pruned = _row(log, 1, "pruned", [0.81])
     _row(log, 2, "failed", [0.95])
-    rows = [log.rows[n] for n in sorted(log.rows)]
+    rows = log.in_order()
     assert best_row(rows, METRIC, "max") is pruned
     running = _row(log, 3, "running", [0.60, 0.83], closed=False)
-    rows = [log.rows[n] for n in sorted(log.rows)]
+    rows = log.in_order()
     assert best_row(rows, METRIC, "max") is running
     assert best_row(rows, METRIC, "min")["number"] == 3  # 0.60 is the lowest of any that did not fail
     assert best_row([], METRIC, "max") is None

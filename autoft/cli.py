@@ -153,7 +153,7 @@ def search(
     name: Annotated[str | None, typer.Option("--name", help="Search name: MLflow experiment (name).")] = None,
     storage: Annotated[str | None, typer.Option("--storage", help="Folder for checkpoints, Ray state, default MLflow/Optuna stores.")] = None,
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (tracking.uri).")] = None,
-    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address; default RAY_ADDRESS or a local Ray.")] = None,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address (HOST:PORT, or auto for the one `ray start` began on this machine); default RAY_ADDRESS, else a new local Ray of this search's own.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Run a hyperparameter search: Ray Tune trials, an Optuna sampler, ASHA pruning, MLflow runs."""

@@ -190,7 +190,7 @@ class ExperimentConfig(_Section):
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
     storage: str = Field("autoft-runs", description="folder for trial checkpoints, Ray state and the default MLflow store")
-    address: str | None = Field(None, description="Ray cluster address; default RAY_ADDRESS or a local Ray")
+    address: str | None = Field(None, description="Ray cluster address (HOST:PORT, or auto for the one `ray start` began on this machine); default RAY_ADDRESS, else a new local Ray of this search's own")
 
     @field_validator("name")
     @classmethod

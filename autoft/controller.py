@@ -161,7 +161,10 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+        # "local": a Ray of this search's own. Ray's default would attach to whatever cluster
+        # the last `ray start` on this machine recorded (its ray_current_cluster file): someone
+        # else's head, one needing a token, or a dead one. A cluster is reached by address only.
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
 
 
 STATE_FILE = "autoft_search.json"

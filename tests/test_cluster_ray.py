@@ -305,6 +305,33 @@ def test_jobs_stop_interrupts_the_search_and_closes_its_runs(cluster: Cluster, e
     assert trial.info.status == "KILLED" and trial.data.tags["autoft.status"] == "killed"
 
 
+def _drivers(cluster: Cluster) -> list[str]:
+    """Ids of the jobs that connected to the head as plain drivers (not submitted)."""
+    req = urllib.request.Request(f"{cluster.dashboard}/api/jobs/", headers={"Authorization": f"Bearer {cluster.token}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return [j["job_id"] for j in json.load(r) if j.get("type") == "DRIVER"]
+
+
+def test_a_search_without_an_address_starts_its_own_ray_beside_a_ray_start_head(
+        cluster: Cluster, experiment: Path) -> None:
+    """Plain ``ray.init()`` attaches to the head the last ``ray start`` recorded on this machine;
+    a search without an address must not (it is someone else's cluster, maybe needing a token)."""
+    # This head's record, where a default `ray start` leaves it (<RAY_TMPDIR>/ray/ray_current_cluster),
+    # in a folder of its own so the search's Ray does not share the head's session folder.
+    elsewhere = cluster.root / "t"
+    (elsewhere / "ray").mkdir(parents=True)
+    shutil.copy(cluster.root / "ray" / "ray_current_cluster", elsewhere / "ray" / "ray_current_cluster")
+    before = _drivers(cluster)
+    proc = subprocess.run([str(BIN / "autoft"), "search", str(experiment), "--set", "data.text_column=text",
+                           "--set", "name=tiny-local", "--set", "search.num_trials=1", "--set", "train.epochs=1",
+                           "--json"],
+                          env={**cluster.client_env(), "RAY_TMPDIR": str(elsewhere)}, cwd=experiment.parent,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["n_completed"] == 1
+    assert _drivers(cluster) == before, "the search ran its trials on the `ray start` head"
+
+
 def test_zz_nothing_of_this_cluster_is_left(cluster: Cluster) -> None:
     killed_one_by_one = cluster.stop()
     assert _processes_of(str(cluster.root)) == []

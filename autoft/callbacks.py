@@ -240,6 +240,46 @@ class TrialTimeout(Callback):
                 ray.kill(actor, no_restart=True)
 
 
+class ResumeRepair(Callback):
+    """Once, before a resumed search starts any trial: make the searcher agree with the
+    trials Ray restored (see :mod:`autoft.reconcile`), and give a restored trial whose last
+    checkpoint is gone (Ray's saved state was older than the trial's files; Ray keeps only
+    ``search.keep_checkpoints``) an empty stand-in, which the trial sees as torn and so
+    continues from its newest complete checkpoint (``ray_trainable.usable_checkpoint``)
+    instead of Ray failing it."""
+
+    def __init__(self, search_alg: Any, echo: Any) -> None:
+        self.search_alg, self.echo = search_alg, echo
+        self._done = False
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._reconcile(trials)
+        for trial in trials:
+            checkpoint = None if trial.is_finished() else trial.checkpoint
+            if checkpoint is not None and not Path(checkpoint.path).exists():
+                Path(checkpoint.path).mkdir(parents=True)
+                self.echo(f"resume: t{trial_number(trial):02d}'s last checkpoint {Path(checkpoint.path).name} is gone "
+                          "(Ray's saved state is older than its files); it goes on from its newest complete one")
+
+    def _reconcile(self, trials: list) -> None:
+        from autoft.pruning import PruneAwareOptunaSearch, ResumableLimiter
+
+        if isinstance(self.search_alg, ResumableLimiter):
+            plan = self.search_alg.reconcile(trials)
+        elif isinstance(self.search_alg, PruneAwareOptunaSearch):  # a search saved before the limiter
+            plan = self.search_alg.reconcile({t.trial_id: trial_number(t) for t in trials})
+        else:
+            return
+        if plan.drop or plan.link:
+            self.echo(f"resume: Ray's saved trials and the searcher's state came from different saves; "
+                      f"{len(plan.drop)} trial(s) Ray did not keep, {len(plan.link)} the searcher did not know: "
+                      "Ray's trials win" + (f"; Optuna trial(s) {', '.join(map(str, plan.orphans))} run again "
+                                            "from the start" if plan.orphans else ""))
+
+
 class StatusLineCallback(Callback):
     """One compact line per finished trial instead of Ray's status tables."""
 

@@ -295,10 +295,16 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
     from autoft.callbacks import (
         MlflowTrialCallback,
         PrunedCheckpointJanitor,
+        ResumeRepair,
         StatusLineCallback,
         TrialTimeout,
     )
-    from autoft.pruning import PruneAwareOptunaSearch, make_sampler, make_scheduler
+    from autoft.pruning import (
+        PruneAwareOptunaSearch,
+        ResumableLimiter,
+        make_sampler,
+        make_scheduler,
+    )
     from autoft.ray_trainable import tune_trial
     from autoft.tracking import log_best_model
 
@@ -354,6 +360,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
             sampler=make_sampler(cfg.search.sampler, cfg.search.seed, cfg.search.resolved_startup_trials()),
             study_name=search_id, storage=optuna.storages.RDBStorage(f"sqlite:///{storage / 'optuna.db'}"),
             points_to_evaluate=plan.space.starting_points() if cfg.search.warm_start else None,
+            num_trials=cfg.search.num_trials,
         )
         # The schedulers count reports (training_iteration): evaluations, not epochs.
         scheduler = make_scheduler(cfg.pruning.scheduler, _max_epochs(plan) * plan.evals_per_epoch,
@@ -363,8 +370,10 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                metric=metric, mode=mode, search_alg=searcher, scheduler=scheduler,
-                num_samples=cfg.search.num_trials, max_concurrent_trials=cfg.search.max_concurrent,
+                # The searcher counts the trials (num_trials) and the limiter caps them in flight,
+                # both correctable on resume (ResumeRepair); Ray's own counter is not.
+                metric=metric, mode=mode, search_alg=ResumableLimiter(searcher, cfg.search.max_concurrent),
+                scheduler=scheduler, num_samples=-1,
                 time_budget_s=cfg.search.time_budget_s, reuse_actors=True,
                 trial_dirname_creator=_trial_dirname,
             ),
@@ -382,9 +391,10 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
                                    restart_errored=resume.restart_errored)
         # Tuner.restore has no run_config argument; the pickled callbacks hold the
         # dead driver's state, so this run's callbacks replace them.
-        tuner._local_tuner._run_config.callbacks = callbacks
         # Ray restores the searcher's state into this same object when fit() starts.
-        searcher = _restored_searcher(tuner)
+        search_alg = _restored_search_alg(tuner)
+        searcher = search_alg.searcher if isinstance(search_alg, ResumableLimiter) else search_alg
+        tuner._local_tuner._run_config.callbacks = [*callbacks, ResumeRepair(search_alg, echo)]
     status = "completed"
     try:
         with _SigintWatch() as sigint:
@@ -557,14 +567,15 @@ class _SigintWatch:
         signal.signal(signal.SIGINT, self._before)
 
 
-def _restored_searcher(tuner: Any) -> Any:
-    """The searcher a restored Tuner ran with: Ray rebuilt it from its saved state and
-    offers no public handle on it (it lives in the tuner's TuneConfig)."""
-    from autoft.pruning import PruneAwareOptunaSearch
+def _restored_search_alg(tuner: Any) -> Any:
+    """The search algorithm a restored Tuner runs with (a ResumableLimiter, or the bare
+    PruneAwareOptunaSearch of a search saved before the limiter): Ray rebuilt it from its
+    saved state and offers no public handle on it (it lives in the tuner's TuneConfig)."""
+    from autoft.pruning import PruneAwareOptunaSearch, ResumableLimiter
 
     config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
     alg = getattr(config, "search_alg", None)
-    return alg if isinstance(alg, PruneAwareOptunaSearch) else None
+    return alg if isinstance(alg, (PruneAwareOptunaSearch, ResumableLimiter)) else None
 
 
 def _trial_dirname(trial: Any) -> str:

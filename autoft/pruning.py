@@ -13,9 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from autoft.outcome import COMPLETED, FAILED, PRUNED, classify, eval_step
+from autoft.reconcile import Reconciliation, reconcile
 
 
 def make_sampler(name: str, seed: int, startup_trials: int | None = None) -> Any:
@@ -105,29 +107,53 @@ class UnfreezeAlignedASHA(ASHAScheduler):
 
 
 class PruneAwareOptunaSearch(OptunaSearch):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, num_trials: int | None = None, **kwargs: Any) -> None:
+        """``num_trials``: the searcher, not Ray's trial counter, ends the search after that
+        many trials (:meth:`reconcile` can correct its count after a resume; Ray's cannot be)."""
         super().__init__(*args, **kwargs)
         self._best_values: dict[str, float] = {}
+        self._num_trials = num_trials
+        self._orphans: list[int] = []
 
     def restore(self, checkpoint_path: str) -> None:
         """After a driver crash, Optuna may hold trials that were asked after Ray's
         last state save: adopt them for the next new Ray trials instead of asking
-        new ones, so Optuna, Ray and MLflow keep one trial each."""
-        import optuna
-
+        new ones, so Optuna, Ray and MLflow keep one trial each. :meth:`reconcile`
+        redoes this against the trials Ray restored, when it knows them."""
         super().restore(checkpoint_path)
-        known = {t._trial_id for t in self._ot_trials.values()}
-        self._orphans = [t for t in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-                         if t._trial_id not in known]
+        self.reconcile({rid: t.number for rid, t in self._ot_trials.items()})
 
-    def suggest(self, trial_id: str) -> dict | None:
+    def reconcile(self, restored: dict[str, int]) -> Reconciliation:
+        """Agree with the trials Ray restored (Ray trial id -> Optuna number): see
+        :mod:`autoft.reconcile`."""
         import optuna
 
-        orphans = getattr(self, "_orphans", [])
-        if trial_id not in self._ot_trials and orphans:
-            frozen = orphans.pop(0)
-            # Re-running define-by-run on the same Optuna trial returns its recorded params.
-            self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, frozen._trial_id)
+        frozen = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
+        unfinished = {n for n, t in frozen.items() if t.state == optuna.trial.TrialState.RUNNING}
+        plan = reconcile(restored, {rid: t.number for rid, t in self._ot_trials.items()}, unfinished)
+        for rid in plan.drop:
+            del self._ot_trials[rid]
+            self._best_values.pop(rid, None)
+        for rid, number in plan.link.items():
+            if number in frozen:
+                self._ot_trials[rid] = optuna.trial.Trial(self._ot_study, frozen[number]._trial_id)
+        self._orphans = plan.orphans
+        return plan
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        import optuna
+        from ray.tune.search import Searcher
+
+        if trial_id not in self._ot_trials:
+            limit = getattr(self, "_num_trials", None)  # absent in a searcher saved before it existed
+            if limit is not None and len(self._ot_trials) >= limit:
+                return Searcher.FINISHED
+            orphans = getattr(self, "_orphans", [])
+            if orphans:
+                number = orphans.pop(0)
+                frozen = next(t for t in self._ot_study.get_trials(deepcopy=False) if t.number == number)
+                # Re-running define-by-run on the same Optuna trial returns its recorded params.
+                self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, frozen._trial_id)
         return super().suggest(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -196,3 +222,20 @@ class PruneAwareOptunaSearch(OptunaSearch):
             if value is None:
                 state = optuna.trial.TrialState.FAIL
         self._tell(trial_id, outcome.status, outcome.reason, value, state)
+
+
+class ResumableLimiter(ConcurrencyLimiter):
+    """Ray's concurrency limit, able to agree with the trials Ray restored.
+
+    Its set of live trials is saved with the searcher's state; after a torn save (see
+    :mod:`autoft.reconcile`) it can hold a trial Ray never restarts, which would take a
+    slot for the rest of the search, or lack one Ray does restart.
+    """
+
+    def reconcile(self, trials: list[Any]) -> Reconciliation:
+        """``trials``: Ray's restored trials (their configs carry the Optuna number)."""
+        from autoft.space import TRIAL_NUMBER_KEY
+
+        self.live_trials = {t.trial_id for t in trials if not t.is_finished()}
+        self.num_unfinished_live_trials = len(self.live_trials)
+        return self.searcher.reconcile({t.trial_id: int(t.config.get(TRIAL_NUMBER_KEY, -1)) for t in trials})

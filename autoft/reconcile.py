@@ -1,0 +1,38 @@
+"""Make a resumed search's searcher agree with the trials Ray restored.
+
+Ray Tune saves its trial list and the searcher's state one after the other into a staging
+folder, and a background thread copies them to storage; the next save can overtake that
+copy. A driver killed at the wrong moment thus leaves a trial list and a searcher state from
+different saves. Left alone, a resumed search then runs fewer trials than asked (the searcher
+counts a trial Ray never restarts), leaves an Optuna trial RUNNING for ever, or sends a
+restored trial's results nowhere. Ray's trial list wins, since those are the trials that run
+again; the Optuna study (a transactional database) says which trials were asked.
+
+Pure: no Ray, no Optuna objects, only ids and numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Reconciliation:
+    drop: list[str] = field(default_factory=list)
+    """Ray trial ids the searcher holds but Ray did not restore: forget them."""
+    link: dict[str, int] = field(default_factory=dict)
+    """Ray trial id -> Optuna trial number, for restored trials the searcher does not hold."""
+    orphans: list[int] = field(default_factory=list)
+    """Unfinished Optuna trials no restored trial runs: the next new Ray trials take them
+    over (same parameters), in number order, before any new trial is asked."""
+
+
+def reconcile(restored: dict[str, int], held: dict[str, int], unfinished: set[int]) -> Reconciliation:
+    """``restored``: every trial Ray restored, Ray trial id -> the Optuna number in its config.
+    ``held``: the searcher's own map, Ray trial id -> Optuna number. ``unfinished``: numbers of
+    the study's trials that were asked and never told."""
+    plan = Reconciliation(drop=sorted(set(held) - set(restored)))
+    plan.link = {rid: num for rid, num in restored.items() if rid not in held and num >= 0}
+    kept = {num for rid, num in held.items() if rid in restored} | set(plan.link.values())
+    plan.orphans = sorted(unfinished - kept)
+    return plan

@@ -112,6 +112,20 @@ def latest_complete(root: str | Path, pattern: str = "checkpoint-epoch-*") -> Pa
     return max(candidates)[1] if candidates else None
 
 
+def best_complete(trial_dir: str | Path, metric: str, mode: str) -> Path | None:
+    """The complete ``checkpoint_*`` in a Ray trial's folder whose own evaluation (the last of
+    the history it saved) scores best on ``metric``; ties go to the earlier one."""
+    scored = []
+    for d in sorted(Path(trial_dir).glob("checkpoint_*")):
+        if not is_complete(d):
+            continue
+        history = load_trainer_state(d).get("history") or [{}]
+        value = history[-1].get(metric)
+        if isinstance(value, (int, float)):
+            scored.append((-value if mode == "max" else value, d))
+    return min(scored, key=lambda pair: pair[0])[1] if scored else None
+
+
 def load_trainer_state(directory: str | Path) -> dict[str, Any]:
     return json.loads((Path(directory) / STATE_FILE).read_text())
 

@@ -609,16 +609,24 @@ def _space_dict(space: SearchSpace) -> dict[str, Any]:
 def _export_best(grid: Any, trial_id: str, metric: str, mode: str, search_dir: Path,
                  plan: SearchPlan, cfg: ExperimentConfig) -> Path | None:
     """Copy the best trial's best checkpoint to <search>/best_checkpoint, with its tokenizer."""
+    from autoft.checkpoint import best_complete, is_complete
+
     for result in grid:
         if result.metrics and result.metrics.get("trial_id") == trial_id:
             ckpt = result.get_best_checkpoint(metric, mode) if result.best_checkpoints else result.checkpoint
             if ckpt is None:
                 return None
+            source = Path(ckpt.path)
+            if not is_complete(source):
+                # Ray's record can name a checkpoint rotated away or left empty after a resume
+                # from a torn state save (see callbacks.ResumeRepair): the trial's best one on disk.
+                source = best_complete(source.parent, metric, mode)
+                if source is None:
+                    raise FileNotFoundError(f"no complete checkpoint of trial {trial_id} in {Path(ckpt.path).parent}")
             out = search_dir / "best_checkpoint"
             if out.exists():
                 shutil.rmtree(out)
-            with ckpt.as_directory() as d:
-                shutil.copytree(d, out, ignore=shutil.ignore_patterns("optimizer.safetensors", "rng.safetensors"))
+            shutil.copytree(source, out, ignore=shutil.ignore_patterns("optimizer.safetensors", "rng.safetensors"))
             load_tokenizer(plan.model_path, cfg.model.trust_remote_code).save_pretrained(str(out))
             return out
     return None

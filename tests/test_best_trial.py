@@ -6,6 +6,7 @@ still be the best of the search, and the search then exports that trial's checkp
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -132,3 +133,27 @@ def test_a_search_that_fails_after_its_trials_ends_its_mlflow_run_failed(tiny_ov
     reason = search[0].data.tags["autoft.reason"]
     assert "exporting the best checkpoint" in reason and "checkpoint_000001" in reason
     assert all(r.info.status != "RUNNING" for r in trials), "the trials stay recorded and closed"
+
+
+def _fake_checkpoint(trial_dir: Path, name: str, value: float | None, complete: bool = True) -> Path:
+    d = trial_dir / name
+    d.mkdir(parents=True)
+    if complete:
+        (d / "model.safetensors").write_bytes(b"w")
+        history = [{"eval_f1": 0.1}] + ([{"eval_f1": value}] if value is not None else [{}])
+        (d / "trainer_state.json").write_text(json.dumps({"history": history}))
+    return d
+
+
+def test_best_complete_checkpoint_skips_torn_and_empty_ones(tmp_path: Path) -> None:
+    """What the export falls back to when Ray names a checkpoint that is gone or an empty
+    stand-in (a resume from a torn state save): the trial's best complete one on disk."""
+    from autoft.checkpoint import best_complete
+
+    _fake_checkpoint(tmp_path, "checkpoint_000000", 0.70)
+    good = _fake_checkpoint(tmp_path, "checkpoint_000001", 0.80)
+    _fake_checkpoint(tmp_path, "checkpoint_000002", 0.90, complete=False)  # empty stand-in
+    _fake_checkpoint(tmp_path, "checkpoint_000003", None)  # saved no score
+    assert best_complete(tmp_path, "eval_f1", "max") == good
+    assert best_complete(tmp_path, "eval_f1", "min") == tmp_path / "checkpoint_000000"
+    assert best_complete(tmp_path / "nowhere", "eval_f1", "max") is None

@@ -17,7 +17,7 @@ from ray.tune import Callback
 
 from autoft.outcome import as_epoch, best_row, classify, eval_step
 from autoft.recipe import RECIPE_FIELDS
-from autoft.space import TRIAL_NUMBER_KEY, SearchSpace
+from autoft.space import SearchSpace, trial_number_of
 from autoft.tracking import TRIAL_METRICS, SearchTracker, aligned_params, trial_run_name
 
 
@@ -33,7 +33,7 @@ def _error_text(trial: Any) -> str:
 
 
 def trial_number(trial: Any) -> int:
-    return int(trial.config.get(TRIAL_NUMBER_KEY, -1))
+    return trial_number_of(trial.config)
 
 
 class TrialLog:

@@ -234,8 +234,8 @@ class ResumableLimiter(ConcurrencyLimiter):
 
     def reconcile(self, trials: list[Any]) -> Reconciliation:
         """``trials``: Ray's restored trials (their configs carry the Optuna number)."""
-        from autoft.space import TRIAL_NUMBER_KEY
+        from autoft.space import trial_number_of
 
         self.live_trials = {t.trial_id for t in trials if not t.is_finished()}
         self.num_unfinished_live_trials = len(self.live_trials)
-        return self.searcher.reconcile({t.trial_id: int(t.config.get(TRIAL_NUMBER_KEY, -1)) for t in trials})
+        return self.searcher.reconcile({t.trial_id: trial_number_of(t.config) for t in trials})

@@ -14,7 +14,7 @@ from autoft import checkpoint as ckpt
 from autoft import faults
 from autoft.data import PreparedData
 from autoft.recipe import RECIPE_FIELDS, Recipe
-from autoft.space import TRIAL_NUMBER_KEY
+from autoft.space import trial_number_of
 from autoft.trial import RunOptions, run_trial
 
 
@@ -43,7 +43,7 @@ def tune_trial(config: dict[str, Any], data: PreparedData, setup: dict[str, Any]
     overrides = {k: v for k, v in config.items() if k in RECIPE_FIELDS}
     recipe = Recipe.from_dict({**setup["base_recipe"], **overrides})
     options = RunOptions(**setup["options"])
-    options.epoch_hook = faults.hook_for(int(config.get(TRIAL_NUMBER_KEY, -1)), tune.get_context().get_trial_dir())
+    options.epoch_hook = faults.hook_for(trial_number_of(config), tune.get_context().get_trial_dir())
     model_path = Path(setup["model_path"])
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:

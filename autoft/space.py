@@ -38,6 +38,11 @@ DEPTH_KNOBS = ("num_frozen_layers", "reinit_top_layers")
 INT_KNOBS = ("num_frozen_layers", "unfreeze_every", "reinit_top_layers", "batch_size", "epochs", "seed")
 
 
+def trial_number_of(config: dict[str, Any]) -> int:
+    """The Optuna trial number a Ray trial's config carries (-1: none)."""
+    return int(config.get(TRIAL_NUMBER_KEY, -1))
+
+
 @dataclass(frozen=True)
 class ParamSpec:
     name: str

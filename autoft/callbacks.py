@@ -258,26 +258,44 @@ class ResumeRepair(Callback):
         self._done = True
         self._reconcile(trials)
         for trial in trials:
-            checkpoint = None if trial.is_finished() else trial.checkpoint
-            if checkpoint is not None and not Path(checkpoint.path).exists():
-                Path(checkpoint.path).mkdir(parents=True)
-                self.echo(f"resume: t{trial_number(trial):02d}'s last checkpoint {Path(checkpoint.path).name} is gone "
+            if trial.is_finished():
+                continue
+            latest = trial.checkpoint
+            if latest is not None and not Path(latest.path).exists():
+                self.echo(f"resume: t{trial_number(trial):02d}'s last checkpoint {Path(latest.path).name} is gone "
                           "(Ray's saved state is older than its files); it goes on from its newest complete one")
+            for path in _recorded_checkpoints(trial):
+                # Ray would fail the trial on the latest, and raise when it rotates out the others.
+                path.mkdir(parents=True, exist_ok=True)
 
     def _reconcile(self, trials: list) -> None:
         from autoft.pruning import PruneAwareOptunaSearch, ResumableLimiter
 
-        if isinstance(self.search_alg, ResumableLimiter):
-            plan = self.search_alg.reconcile(trials)
-        elif isinstance(self.search_alg, PruneAwareOptunaSearch):  # a search saved before the limiter
-            plan = self.search_alg.reconcile({t.trial_id: trial_number(t) for t in trials})
+        alg = self.search_alg
+        while alg is not None and not isinstance(alg, (ResumableLimiter, PruneAwareOptunaSearch)):
+            alg = getattr(alg, "searcher", None)
+        if isinstance(alg, ResumableLimiter):
+            plan = alg.reconcile(trials)
+        elif isinstance(alg, PruneAwareOptunaSearch):  # a search saved before the limiter
+            plan = alg.reconcile({t.trial_id: trial_number(t) for t in trials})
         else:
             return
-        if plan.drop or plan.link:
+        if plan.torn:
             self.echo(f"resume: Ray's saved trials and the searcher's state came from different saves; "
                       f"{len(plan.drop)} trial(s) Ray did not keep, {len(plan.link)} the searcher did not know: "
                       "Ray's trials win" + (f"; Optuna trial(s) {', '.join(map(str, plan.orphans))} run again "
                                             "from the start" if plan.orphans else ""))
+
+
+def _recorded_checkpoints(trial: Any) -> list[Path]:
+    """The trial's checkpoints Ray's record names that are not on disk. Ray keeps the record
+    in a private manager; without it (another Ray), only the latest is checked."""
+    manager = getattr(getattr(trial, "run_metadata", None), "checkpoint_manager", None)
+    results = list(getattr(manager, "best_checkpoint_results", None) or [])
+    paths = [Path(r.checkpoint.path) for r in results if getattr(r, "checkpoint", None) is not None]
+    if trial.checkpoint is not None:
+        paths.append(Path(trial.checkpoint.path))
+    return sorted({p for p in paths if not p.exists()})
 
 
 class StatusLineCallback(Callback):

@@ -301,6 +301,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
     )
     from autoft.pruning import (
         PruneAwareOptunaSearch,
+        ResumableGenerator,
         ResumableLimiter,
         make_sampler,
         make_scheduler,
@@ -372,7 +373,8 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
             tune_config=tune.TuneConfig(
                 # The searcher counts the trials (num_trials) and the limiter caps them in flight,
                 # both correctable on resume (ResumeRepair); Ray's own counter is not.
-                metric=metric, mode=mode, search_alg=ResumableLimiter(searcher, cfg.search.max_concurrent),
+                metric=metric, mode=mode,
+                search_alg=ResumableGenerator(ResumableLimiter(searcher, cfg.search.max_concurrent)),
                 scheduler=scheduler, num_samples=-1,
                 time_budget_s=cfg.search.time_budget_s, reuse_actors=True,
                 trial_dirname_creator=_trial_dirname,
@@ -393,7 +395,9 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
         # dead driver's state, so this run's callbacks replace them.
         # Ray restores the searcher's state into this same object when fit() starts.
         search_alg = _restored_search_alg(tuner)
-        searcher = search_alg.searcher if isinstance(search_alg, ResumableLimiter) else search_alg
+        searcher = search_alg
+        while searcher is not None and not isinstance(searcher, PruneAwareOptunaSearch):
+            searcher = getattr(searcher, "searcher", None)
         tuner._local_tuner._run_config.callbacks = [*callbacks, ResumeRepair(search_alg, echo)]
     status = "completed"
     try:
@@ -568,14 +572,11 @@ class _SigintWatch:
 
 
 def _restored_search_alg(tuner: Any) -> Any:
-    """The search algorithm a restored Tuner runs with (a ResumableLimiter, or the bare
-    PruneAwareOptunaSearch of a search saved before the limiter): Ray rebuilt it from its
-    saved state and offers no public handle on it (it lives in the tuner's TuneConfig)."""
-    from autoft.pruning import PruneAwareOptunaSearch, ResumableLimiter
-
+    """The search algorithm a restored Tuner runs with (ResumableGenerator(ResumableLimiter(
+    PruneAwareOptunaSearch)), or the bare searcher of a search saved before them): Ray rebuilt
+    it from its saved state and offers no public handle on it (it lives in the tuner's TuneConfig)."""
     config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
-    alg = getattr(config, "search_alg", None)
-    return alg if isinstance(alg, (PruneAwareOptunaSearch, ResumableLimiter)) else None
+    return getattr(config, "search_alg", None)
 
 
 def _trial_dirname(trial: Any) -> str:

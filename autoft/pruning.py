@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
-from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from autoft.outcome import COMPLETED, FAILED, PRUNED, classify, eval_step
@@ -137,6 +137,10 @@ class PruneAwareOptunaSearch(OptunaSearch):
         for rid, number in plan.link.items():
             if number in frozen:
                 self._ot_trials[rid] = optuna.trial.Trial(self._ot_study, frozen[number]._trial_id)
+                # Optuna is told the trial's best epoch, those before the resume included.
+                values = list(frozen[number].intermediate_values.values())
+                if values:
+                    self._best_values[rid] = max(values) if self.mode == "max" else min(values)
         self._orphans = plan.orphans
         return plan
 
@@ -146,7 +150,8 @@ class PruneAwareOptunaSearch(OptunaSearch):
 
         if trial_id not in self._ot_trials:
             limit = getattr(self, "_num_trials", None)  # absent in a searcher saved before it existed
-            if limit is not None and len(self._ot_trials) >= limit:
+            # Optuna trials, not Ray ids: --restart-errored gives an errored trial a new Ray id.
+            if limit is not None and len({t._trial_id for t in self._ot_trials.values()}) >= limit:
                 return Searcher.FINISHED
             orphans = getattr(self, "_orphans", [])
             if orphans:
@@ -222,6 +227,17 @@ class PruneAwareOptunaSearch(OptunaSearch):
             if value is None:
                 state = optuna.trial.TrialState.FAIL
         self._tell(trial_id, outcome.status, outcome.reason, value, state)
+
+
+class ResumableGenerator(SearchGenerator):
+    """Ray's search generator, except that a resumed search asks its searcher again whether
+    it is finished: the saved flag can come from a later save than Ray's trial list (see
+    :mod:`autoft.reconcile`), and would then end the search before an orphaned Optuna trial
+    runs. The searcher answers ``FINISHED`` again at once when it is."""
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        self._finished = False
 
 
 class ResumableLimiter(ConcurrencyLimiter):

@@ -19,20 +19,26 @@ from dataclasses import dataclass, field
 @dataclass
 class Reconciliation:
     drop: list[str] = field(default_factory=list)
-    """Ray trial ids the searcher holds but Ray did not restore: forget them."""
+    """Ray trial ids the searcher holds for an unfinished Optuna trial but Ray did not restore:
+    forget them. (One whose Optuna trial was told stays: it counts toward the trials run.)"""
     link: dict[str, int] = field(default_factory=dict)
     """Ray trial id -> Optuna trial number, for restored trials the searcher does not hold."""
     orphans: list[int] = field(default_factory=list)
     """Unfinished Optuna trials no restored trial runs: the next new Ray trials take them
     over (same parameters), in number order, before any new trial is asked."""
+    torn: bool = False
+    """The two states came from different saves. (A link to a finished Optuna trial alone is
+    ``--restart-errored``: Ray gives an errored trial a new id for the same Optuna trial.)"""
 
 
 def reconcile(restored: dict[str, int], held: dict[str, int], unfinished: set[int]) -> Reconciliation:
     """``restored``: every trial Ray restored, Ray trial id -> the Optuna number in its config.
     ``held``: the searcher's own map, Ray trial id -> Optuna number. ``unfinished``: numbers of
     the study's trials that were asked and never told."""
-    plan = Reconciliation(drop=sorted(set(held) - set(restored)))
+    plan = Reconciliation(drop=sorted(rid for rid in set(held) - set(restored) if held[rid] in unfinished))
     plan.link = {rid: num for rid, num in restored.items() if rid not in held and num >= 0}
-    kept = {num for rid, num in held.items() if rid in restored} | set(plan.link.values())
+    kept = {num for rid, num in held.items() if rid not in plan.drop} | set(plan.link.values())
     plan.orphans = sorted(unfinished - kept)
+    plan.torn = bool(plan.drop) or any(num in unfinished for num in plan.link.values())
     return plan
+

@@ -6,32 +6,45 @@ study (no Ray cluster). The whole path, killed and resumed, is in test_resume.py
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import optuna
 import pytest
 from ray.tune.search import Searcher
 
-from autoft.pruning import PruneAwareOptunaSearch, ResumableLimiter
+from autoft.pruning import PruneAwareOptunaSearch, ResumableGenerator, ResumableLimiter
 from autoft.reconcile import reconcile
 from autoft.space import TRIAL_NUMBER_KEY
 
 
 def test_states_that_agree_need_nothing() -> None:
     plan = reconcile({"a": 0, "b": 1}, {"a": 0, "b": 1}, {1})
-    assert (plan.drop, plan.link, plan.orphans) == ([], {}, [])
+    assert (plan.drop, plan.link, plan.orphans, plan.torn) == ([], {}, [], False)
 
 
 def test_a_trial_only_the_searcher_knows_is_dropped_and_its_optuna_trial_runs_again() -> None:
     # The searcher's state was saved after Ray's trial list: Ray never restarts "c".
     plan = reconcile({"a": 0, "b": 1}, {"a": 0, "b": 1, "c": 2}, {1, 2})
-    assert (plan.drop, plan.link, plan.orphans) == (["c"], {}, [2])
+    assert (plan.drop, plan.link, plan.orphans, plan.torn) == (["c"], {}, [2], True)
+
+
+def test_a_trial_only_the_searcher_knows_that_optuna_was_told_of_stays_counted() -> None:
+    # "c" was created, ran and ended between the two saves: dropping it would ask one trial too many.
+    plan = reconcile({"a": 0, "b": 1}, {"a": 0, "b": 1, "c": 2}, {1})
+    assert (plan.drop, plan.link, plan.orphans, plan.torn) == ([], {}, [], False)
 
 
 def test_a_trial_only_ray_knows_is_linked_to_its_optuna_trial() -> None:
     # Ray's trial list was saved after the searcher's state: "c" restarts, the searcher must follow it.
     plan = reconcile({"a": 0, "b": 1, "c": 2}, {"a": 0, "b": 1}, {2})
-    assert (plan.drop, plan.link, plan.orphans) == ([], {"c": 2}, [])
+    assert (plan.drop, plan.link, plan.orphans, plan.torn) == ([], {"c": 2}, [], True)
+
+
+def test_restart_errored_is_not_a_torn_save() -> None:
+    # --restart-errored: Ray gives errored "b" (Optuna told FAIL) a new id "b2" for the same trial.
+    plan = reconcile({"a": 0, "b2": 1}, {"a": 0, "b": 1}, set())
+    assert (plan.drop, plan.link, plan.orphans, plan.torn) == ([], {"b2": 1}, [], False)
 
 
 def test_an_optuna_trial_asked_after_both_saves_is_an_orphan() -> None:
@@ -100,3 +113,32 @@ def test_the_limiter_counts_a_restored_trial_it_did_not_know_while_it_runs(finis
     limiter.reconcile([_Trial("x", 0, finished=finished)])
     assert limiter.live_trials == (set() if finished else {"x"})
     assert "x" in searcher._ot_trials  # its results reach Optuna
+
+
+def test_a_restarted_trial_does_not_count_twice() -> None:
+    s = _searcher(num_trials=3)
+    s.suggest("a"), s.suggest("b")
+    s.reconcile({"a": 0, "b2": 1})  # "b" kept (as if told), "b2" linked to the same Optuna trial
+    assert isinstance(s.suggest("c"), dict)  # the third trial, not one too many
+    assert s.suggest("d") == Searcher.FINISHED
+    assert len(s._ot_study.trials) == 3
+
+
+def test_a_linked_trial_keeps_its_best_epoch_from_before_the_resume() -> None:
+    s = _searcher(num_trials=None)
+    s.suggest("a")
+    s.on_trial_result("a", {"m": 0.7, "training_iteration": 1})
+    s.on_trial_result("a", {"m": 0.5, "training_iteration": 2})
+    s._ot_trials.clear(), s._best_values.clear()  # the searcher's state predates "a"
+    s.reconcile({"a": 0})
+    assert s._best_values["a"] == 0.7
+
+
+def test_a_resumed_generator_asks_its_searcher_again_whether_it_is_finished() -> None:
+    gen = ResumableGenerator(ResumableLimiter(_searcher(num_trials=1), max_concurrent=1))
+    state = gen.get_state()
+    # Ray runs num_samples=-1 (the searcher counts); "finished" was saved after Ray's trial
+    # list, which may lack the last trial.
+    state.update(total_samples=sys.maxsize, finished=True)
+    gen.set_state(state)
+    assert not gen.is_finished()

@@ -68,7 +68,7 @@ def _kill_mid_search(root: Path, tiny_model: Path, tiny_data: dict, ready: Any,
                 break
             if proc.poll() is not None:
                 pytest.fail("search ended before it could be killed:\n" + proc.stderr.read()[-2000:])
-            time.sleep(0.2)
+            time.sleep(0.5)
         else:
             pytest.fail("search made no progress")
         os.killpg(proc.pid, signal.SIGKILL)  # driver, and the local Ray it started

@@ -258,28 +258,27 @@ class ResumeRepair(Callback):
         self._done = True
         self._reconcile(trials)
         for trial in trials:
-            if trial.is_finished():
-                continue
-            latest = trial.checkpoint
-            if latest is not None and not Path(latest.path).exists():
-                self.echo(f"resume: t{trial_number(trial):02d}'s last checkpoint {Path(latest.path).name} is gone "
-                          "(Ray's saved state is older than its files); it goes on from its newest complete one")
-            for path in _recorded_checkpoints(trial):
+            missing = [] if trial.is_finished() else _recorded_checkpoints(trial)
+            for path in missing:
                 # Ray would fail the trial on the latest, and raise when it rotates out the others.
                 path.mkdir(parents=True, exist_ok=True)
+            if trial.checkpoint is not None and Path(trial.checkpoint.path) in missing:
+                self.echo(f"resume: t{trial_number(trial):02d}'s last checkpoint {Path(trial.checkpoint.path).name} "
+                          "is gone (Ray's saved state is older than its files); it goes on from its newest complete one")
 
     def _reconcile(self, trials: list) -> None:
-        from autoft.pruning import PruneAwareOptunaSearch, ResumableLimiter
+        from autoft.pruning import (
+            PruneAwareOptunaSearch,
+            ResumableLimiter,
+            find_in,
+            restored_numbers,
+        )
 
-        alg = self.search_alg
-        while alg is not None and not isinstance(alg, (ResumableLimiter, PruneAwareOptunaSearch)):
-            alg = getattr(alg, "searcher", None)
-        if isinstance(alg, ResumableLimiter):
-            plan = alg.reconcile(trials)
-        elif isinstance(alg, PruneAwareOptunaSearch):  # a search saved before the limiter
-            plan = alg.reconcile({t.trial_id: trial_number(t) for t in trials})
-        else:
+        limiter, searcher = find_in(self.search_alg, ResumableLimiter), find_in(self.search_alg, PruneAwareOptunaSearch)
+        if searcher is None:
             return
+        # A search saved before the limiter has Ray's own, which cannot be reached: the searcher only.
+        plan = limiter.reconcile(trials) if limiter is not None else searcher.reconcile(restored_numbers(trials))
         if plan.torn:
             self.echo(f"resume: Ray's saved trials and the searcher's state came from different saves; "
                       f"{len(plan.drop)} trial(s) Ray did not keep, {len(plan.link)} the searcher did not know: "

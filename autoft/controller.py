@@ -303,6 +303,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
         PruneAwareOptunaSearch,
         ResumableGenerator,
         ResumableLimiter,
+        find_in,
         make_sampler,
         make_scheduler,
     )
@@ -395,9 +396,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
         # dead driver's state, so this run's callbacks replace them.
         # Ray restores the searcher's state into this same object when fit() starts.
         search_alg = _restored_search_alg(tuner)
-        searcher = search_alg
-        while searcher is not None and not isinstance(searcher, PruneAwareOptunaSearch):
-            searcher = getattr(searcher, "searcher", None)
+        searcher = find_in(search_alg, PruneAwareOptunaSearch)
         tuner._local_tuner._run_config.callbacks = [*callbacks, ResumeRepair(search_alg, echo)]
     status = "completed"
     try:

@@ -229,6 +229,20 @@ class PruneAwareOptunaSearch(OptunaSearch):
         self._tell(trial_id, outcome.status, outcome.reason, value, state)
 
 
+def find_in(search_alg: Any, kind: type) -> Any:
+    """The ``kind`` in a chain of Ray search wrappers (each holds the next as ``.searcher``)."""
+    while search_alg is not None and not isinstance(search_alg, kind):
+        search_alg = getattr(search_alg, "searcher", None)
+    return search_alg
+
+
+def restored_numbers(trials: list[Any]) -> dict[str, int]:
+    """Ray trial id -> the Optuna trial number its config carries."""
+    from autoft.space import trial_number_of
+
+    return {t.trial_id: trial_number_of(t.config) for t in trials}
+
+
 class ResumableGenerator(SearchGenerator):
     """Ray's search generator, except that a resumed search asks its searcher again whether
     it is finished: the saved flag can come from a later save than Ray's trial list (see
@@ -250,8 +264,6 @@ class ResumableLimiter(ConcurrencyLimiter):
 
     def reconcile(self, trials: list[Any]) -> Reconciliation:
         """``trials``: Ray's restored trials (their configs carry the Optuna number)."""
-        from autoft.space import trial_number_of
-
         self.live_trials = {t.trial_id for t in trials if not t.is_finished()}
         self.num_unfinished_live_trials = len(self.live_trials)
-        return self.searcher.reconcile({t.trial_id: trial_number_of(t.config) for t in trials})
+        return self.searcher.reconcile(restored_numbers(trials))

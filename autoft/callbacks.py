@@ -246,11 +246,12 @@ class ResumeRepair(Callback):
     checkpoint is gone (Ray's saved state was older than the trial's files; Ray keeps only
     ``search.keep_checkpoints``) an empty stand-in, which the trial sees as torn and so
     continues from its newest complete checkpoint (``ray_trainable.usable_checkpoint``)
-    instead of Ray failing it."""
+    instead of Ray failing it (numbering its next checkpoints after that one)."""
 
     def __init__(self, search_alg: Any, echo: Any) -> None:
         self.search_alg, self.echo = search_alg, echo
         self._done = False
+        self._went_on_from: dict[str, Path] = {}  # trial id -> the unrecorded folder it goes on from
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         if self._done:
@@ -258,13 +259,43 @@ class ResumeRepair(Callback):
         self._done = True
         self._reconcile(trials)
         for trial in trials:
-            missing = [] if trial.is_finished() else _recorded_checkpoints(trial)
+            if trial.is_finished():
+                continue
+            missing = _recorded_checkpoints(trial)
             for path in missing:
                 # Ray would fail the trial on the latest, and raise when it rotates out the others.
                 path.mkdir(parents=True, exist_ok=True)
             if trial.checkpoint is not None and Path(trial.checkpoint.path) in missing:
                 self.echo(f"resume: t{trial_number(trial):02d}'s last checkpoint {Path(trial.checkpoint.path).name} "
                           "is gone (Ray's saved state is older than its files); it goes on from its newest complete one")
+            self._settle_ahead(trial)
+
+    def _settle_ahead(self, trial: Any) -> None:
+        """The killed run may have written checkpoint folders past Ray's record of the trial.
+        If the trial goes on from one of them (its recorded last one is gone or torn; see
+        ``ray_trainable.usable_checkpoint``), its next checkpoints are numbered after that
+        one; otherwise Ray would write them into those folders (files of two runs mixed),
+        so they go now. The one it goes on from goes once it has a newer checkpoint."""
+        from autoft.checkpoint import is_complete
+
+        ahead = _checkpoints_ahead(trial)
+        given = Path(trial.checkpoint.path) if trial.checkpoint is not None else None
+        resumes_from = None
+        if given is not None and not is_complete(given):
+            resumes_from = next((p for p in reversed(ahead) if is_complete(p)), None)
+        for path in ahead:
+            if path != resumes_from:
+                shutil.rmtree(path, ignore_errors=True)
+        if resumes_from is not None:
+            trial.storage.current_checkpoint_index = checkpoint_index(resumes_from.name)
+            self._went_on_from[trial.trial_id] = resumes_from
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        # Ray never rotates a folder it has no record of: once the trial has a newer
+        # checkpoint, the one it went on from is no longer needed.
+        path = self._went_on_from.pop(trial.trial_id, None)
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
 
     def _reconcile(self, trials: list) -> None:
         from autoft.pruning import (
@@ -284,6 +315,22 @@ class ResumeRepair(Callback):
                       f"{len(plan.drop)} trial(s) Ray did not keep, {len(plan.link)} the searcher did not know: "
                       "Ray's trials win" + (f"; Optuna trial(s) {', '.join(map(str, plan.orphans))} run again "
                                             "from the start" if plan.orphans else ""))
+
+
+def checkpoint_index(name: str) -> int:
+    """The number in Ray's ``checkpoint_NNNNNN`` folder name; -1 for any other name."""
+    prefix, _, number = name.partition("_")
+    return int(number) if prefix == "checkpoint" and number.isdigit() else -1
+
+
+def _checkpoints_ahead(trial: Any) -> list[Path]:
+    """The trial's checkpoint folders numbered past Ray's record of it, oldest first: written
+    by the killed run after the state Ray restored was saved."""
+    index = getattr(getattr(trial, "storage", None), "current_checkpoint_index", None)
+    if index is None or not trial.path:
+        return []
+    return sorted((p for p in Path(trial.path).glob("checkpoint_*") if checkpoint_index(p.name) > index),
+                  key=lambda p: checkpoint_index(p.name))
 
 
 def _recorded_checkpoints(trial: Any) -> list[Path]:

@@ -142,3 +142,80 @@ def test_a_resumed_generator_asks_its_searcher_again_whether_it_is_finished() ->
     state.update(total_samples=sys.maxsize, finished=True)
     gen.set_state(state)
     assert not gen.is_finished()
+
+
+@dataclass
+class _Storage:
+    current_checkpoint_index: int
+
+
+@dataclass
+class _Checkpoint:
+    path: str
+
+
+@dataclass
+class _RestoredTrial:
+    trial_id: str
+    path: str
+    storage: _Storage
+    checkpoint: _Checkpoint | None = None
+    config: dict = field(default_factory=lambda: {TRIAL_NUMBER_KEY: 0})
+
+    def is_finished(self) -> bool:
+        return False
+
+
+def _folders(root, *indices: int, complete: bool = True) -> None:
+    from autoft.checkpoint import STATE_FILE
+
+    for i in indices:
+        d = root / f"checkpoint_{i:06d}"
+        d.mkdir()
+        if complete:
+            (d / STATE_FILE).write_text("{}")
+            (d / "model.safetensors").write_bytes(b"")
+
+
+def _on_disk(root) -> list[int]:
+    return sorted(int(p.name.split("_")[1]) for p in root.glob("checkpoint_*"))
+
+
+def _resume(trial: _RestoredTrial):
+    from autoft.callbacks import ResumeRepair
+
+    repair = ResumeRepair(search_alg=None, echo=lambda *_: None)
+    repair.on_step_begin(0, [trial])
+    return repair
+
+
+def test_a_trial_going_on_from_a_folder_past_rays_record_numbers_its_next_checkpoints_after_it(tmp_path) -> None:
+    """Ray's saved record is older than the killed run's folders and its last checkpoint is
+    gone: the trial goes on from the newest complete folder, so its next checkpoints are
+    numbered after it (Ray would write them into the killed run's folders), and that folder
+    goes once the trial has a newer one (Ray never rotates folders it has no record of)."""
+    _folders(tmp_path, 3, 4)
+    _folders(tmp_path, 5, complete=False)  # torn by the kill
+    trial = _RestoredTrial("t1", str(tmp_path), _Storage(2), _Checkpoint(str(tmp_path / "checkpoint_000002")))
+    repair = _resume(trial)
+    assert trial.storage.current_checkpoint_index == 4
+    assert _on_disk(tmp_path) == [2, 4]  # 2: the empty stand-in Ray's record names
+    repair.on_checkpoint(1, [trial], trial, checkpoint=None)
+    assert _on_disk(tmp_path) == [2]
+
+
+def test_a_trial_going_on_from_rays_record_drops_the_folders_past_it(tmp_path) -> None:
+    _folders(tmp_path, 2, 3, 4)
+    trial = _RestoredTrial("t1", str(tmp_path), _Storage(2), _Checkpoint(str(tmp_path / "checkpoint_000002")))
+    _resume(trial)
+    assert trial.storage.current_checkpoint_index == 2
+    assert _on_disk(tmp_path) == [2]
+
+
+def test_a_trial_in_step_with_its_folders_keeps_rays_numbering(tmp_path) -> None:
+    _folders(tmp_path, 3)
+    trial = _RestoredTrial("t1", str(tmp_path), _Storage(3), _Checkpoint(str(tmp_path / "checkpoint_000003")))
+    repair = _resume(trial)
+    repair.on_checkpoint(1, [trial], trial, checkpoint=None)
+    assert trial.storage.current_checkpoint_index == 3
+    assert _on_disk(tmp_path) == [3]

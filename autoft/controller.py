@@ -364,7 +364,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
             points_to_evaluate=plan.space.starting_points() if cfg.search.warm_start else None,
             num_trials=cfg.search.num_trials,
         )
-        # The schedulers count reports (training_iteration): evaluations, not epochs.
+        # The schedulers count evaluations (pruning.TIME_ATTR), not epochs.
         scheduler = make_scheduler(cfg.pruning.scheduler, _max_epochs(plan) * plan.evals_per_epoch,
                                    cfg.pruning.grace_period,
                                    cfg.pruning.reduction_factor,

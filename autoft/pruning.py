@@ -43,10 +43,15 @@ def make_sampler(name: str, seed: int, startup_trials: int | None = None) -> Any
     raise ValueError(f"unknown sampler {name!r}")
 
 
+TIME_ATTR = "eval_step"
+
+
 def make_scheduler(name: str, max_t: int, grace_period: int, reduction_factor: float,
                    unfreezes_after: Callable[[dict[str, Any], int], bool] | None = None) -> Any:
-    """Times count reports (Ray's ``training_iteration``): evaluations, which are epochs unless
-    ``train.evals_per_epoch`` > 1. ``unfreezes_after(trial_config, evaluations_done)``: given for
+    """Times count evaluations (``TIME_ATTR``), which are epochs unless ``train.evals_per_epoch``
+    > 1: the trial's own count, restored from its checkpoint, where Ray's ``training_iteration``
+    comes from Ray's record, which lags a trial that goes on from a checkpoint newer than the
+    record after a resume from a torn state save (see ``callbacks.ResumeRepair``). ``unfreezes_after(trial_config, evaluations_done)``: given for
     ASHA, a trial is not judged at a rung that falls just before it unfreezes more blocks
     (see :class:`UnfreezeAlignedASHA`)."""
     from ray.tune.schedulers import (
@@ -58,16 +63,16 @@ def make_scheduler(name: str, max_t: int, grace_period: int, reduction_factor: f
 
     grace = min(grace_period, max_t)
     if name == "asha" and unfreezes_after is not None:
-        return UnfreezeAlignedASHA(unfreezes_after, time_attr="training_iteration", max_t=max_t,
+        return UnfreezeAlignedASHA(unfreezes_after, time_attr=TIME_ATTR, max_t=max_t,
                                    grace_period=grace, reduction_factor=reduction_factor)
     if name == "asha":
-        return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=grace,
+        return ASHAScheduler(time_attr=TIME_ATTR, max_t=max_t, grace_period=grace,
                              reduction_factor=reduction_factor)
     if name == "hyperband":
-        return HyperBandScheduler(time_attr="training_iteration", max_t=max_t,
+        return HyperBandScheduler(time_attr=TIME_ATTR, max_t=max_t,
                                   reduction_factor=reduction_factor)
     if name == "median":
-        return MedianStoppingRule(time_attr="training_iteration", grace_period=grace, min_samples_required=3)
+        return MedianStoppingRule(time_attr=TIME_ATTR, grace_period=grace, min_samples_required=3)
     if name == "none":
         return FIFOScheduler()
     raise ValueError(f"unknown scheduler {name!r}")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from autoft.pruning import UnfreezeAlignedASHA, make_scheduler
+from autoft.pruning import TIME_ATTR, UnfreezeAlignedASHA, make_scheduler
 
 pytestmark = pytest.mark.ray
 
@@ -28,7 +28,7 @@ def scheduler(aligned: bool):
 
 
 def feed(s, trial: FakeTrial, epoch: int, value: float) -> str:
-    return s.on_trial_result(None, trial, {"training_iteration": epoch, "m": value})
+    return s.on_trial_result(None, trial, {TIME_ATTR: epoch, "m": value})
 
 
 def add(s, *trials: FakeTrial) -> None:

@@ -251,7 +251,6 @@ class ResumeRepair(Callback):
     def __init__(self, search_alg: Any, echo: Any) -> None:
         self.search_alg, self.echo = search_alg, echo
         self._done = False
-        self._went_on_from: dict[str, Path] = {}  # trial id -> the unrecorded folder it goes on from
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         if self._done:
@@ -275,7 +274,8 @@ class ResumeRepair(Callback):
         If the trial goes on from one of them (its recorded last one is gone or torn; see
         ``ray_trainable.usable_checkpoint``), its next checkpoints are numbered after that
         one; otherwise Ray would write them into those folders (files of two runs mixed),
-        so they go now. The one it goes on from goes once it has a newer checkpoint."""
+        so they go now. The one it goes on from stays (it may hold the trial's best
+        evaluation, which Ray's record lacks) until the finished search drops trial folders."""
         from autoft.checkpoint import is_complete
 
         ahead = _checkpoints_ahead(trial)
@@ -288,14 +288,7 @@ class ResumeRepair(Callback):
                 shutil.rmtree(path, ignore_errors=True)
         if resumes_from is not None:
             trial.storage.current_checkpoint_index = checkpoint_index(resumes_from.name)
-            self._went_on_from[trial.trial_id] = resumes_from
-
-    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
-        # Ray never rotates a folder it has no record of: once the trial has a newer
-        # checkpoint, the one it went on from is no longer needed.
-        path = self._went_on_from.pop(trial.trial_id, None)
-        if path is not None:
-            shutil.rmtree(path, ignore_errors=True)
+            trial.invalidate_json_state()
 
     def _reconcile(self, trials: list) -> None:
         from autoft.pruning import (

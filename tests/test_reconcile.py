@@ -165,6 +165,9 @@ class _RestoredTrial:
     def is_finished(self) -> bool:
         return False
 
+    def invalidate_json_state(self) -> None:
+        pass
+
 
 def _folders(root, *indices: int, complete: bool = True) -> None:
     from autoft.checkpoint import STATE_FILE
@@ -192,16 +195,18 @@ def _resume(trial: _RestoredTrial):
 def test_a_trial_going_on_from_a_folder_past_rays_record_numbers_its_next_checkpoints_after_it(tmp_path) -> None:
     """Ray's saved record is older than the killed run's folders and its last checkpoint is
     gone: the trial goes on from the newest complete folder, so its next checkpoints are
-    numbered after it (Ray would write them into the killed run's folders), and that folder
-    goes once the trial has a newer one (Ray never rotates folders it has no record of)."""
+    numbered after it (Ray would write them into the killed run's folders); the folder is the
+    one the worker picks (``usable_checkpoint``)."""
+    from autoft.ray_trainable import usable_checkpoint
+
     _folders(tmp_path, 3, 4)
     _folders(tmp_path, 5, complete=False)  # torn by the kill
     trial = _RestoredTrial("t1", str(tmp_path), _Storage(2), _Checkpoint(str(tmp_path / "checkpoint_000002")))
-    repair = _resume(trial)
+    _resume(trial)
     assert trial.storage.current_checkpoint_index == 4
     assert _on_disk(tmp_path) == [2, 4]  # 2: the empty stand-in Ray's record names
-    repair.on_checkpoint(1, [trial], trial, checkpoint=None)
-    assert _on_disk(tmp_path) == [2]
+    with pytest.warns(UserWarning, match="torn"):
+        assert usable_checkpoint(tmp_path / "checkpoint_000002") == tmp_path / "checkpoint_000004"
 
 
 def test_a_trial_going_on_from_rays_record_drops_the_folders_past_it(tmp_path) -> None:
@@ -215,7 +220,6 @@ def test_a_trial_going_on_from_rays_record_drops_the_folders_past_it(tmp_path) -
 def test_a_trial_in_step_with_its_folders_keeps_rays_numbering(tmp_path) -> None:
     _folders(tmp_path, 3)
     trial = _RestoredTrial("t1", str(tmp_path), _Storage(3), _Checkpoint(str(tmp_path / "checkpoint_000003")))
-    repair = _resume(trial)
-    repair.on_checkpoint(1, [trial], trial, checkpoint=None)
+    _resume(trial)
     assert trial.storage.current_checkpoint_index == 3
     assert _on_disk(tmp_path) == [3]

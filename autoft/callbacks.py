@@ -276,13 +276,14 @@ class ResumeRepair(Callback):
         one; otherwise Ray would write them into those folders (files of two runs mixed),
         so they go now. The one it goes on from stays (it may hold the trial's best
         evaluation, which Ray's record lacks) until the finished search drops trial folders."""
-        from autoft.checkpoint import is_complete
+        from autoft.checkpoint import is_complete, newest_complete
 
         ahead = _checkpoints_ahead(trial)
-        given = Path(trial.checkpoint.path) if trial.checkpoint is not None else None
         resumes_from = None
-        if given is not None and not is_complete(given):
-            resumes_from = next((p for p in reversed(ahead) if is_complete(p)), None)
+        if ahead and trial.checkpoint is not None and not is_complete(trial.checkpoint.path):
+            # The folder the worker's usable_checkpoint() will pick, if it is one of these.
+            newest = newest_complete(trial.path)
+            resumes_from = newest if newest in ahead else None
         for path in ahead:
             if path != resumes_from:
                 shutil.rmtree(path, ignore_errors=True)
@@ -317,13 +318,12 @@ def checkpoint_index(name: str) -> int:
 
 
 def _checkpoints_ahead(trial: Any) -> list[Path]:
-    """The trial's checkpoint folders numbered past Ray's record of it, oldest first: written
+    """The trial's checkpoint folders numbered past Ray's record of it: written
     by the killed run after the state Ray restored was saved."""
     index = getattr(getattr(trial, "storage", None), "current_checkpoint_index", None)
     if index is None or not trial.path:
         return []
-    return sorted((p for p in Path(trial.path).glob("checkpoint_*") if checkpoint_index(p.name) > index),
-                  key=lambda p: checkpoint_index(p.name))
+    return [p for p in Path(trial.path).glob("checkpoint_*") if checkpoint_index(p.name) > index]
 
 
 def _recorded_checkpoints(trial: Any) -> list[Path]:

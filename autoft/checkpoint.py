@@ -112,6 +112,11 @@ def latest_complete(root: str | Path, pattern: str = "checkpoint-epoch-*") -> Pa
     return max(candidates)[1] if candidates else None
 
 
+def newest_complete(trial_dir: str | Path) -> Path | None:
+    """The newest complete ``checkpoint_*`` in a Ray trial's folder (Ray numbers them, zero-padded)."""
+    return next((d for d in sorted(Path(trial_dir).glob("checkpoint_*"), reverse=True) if is_complete(d)), None)
+
+
 def best_complete(trial_dir: str | Path, metric: str, mode: str) -> Path | None:
     """The complete ``checkpoint_*`` in a Ray trial's folder whose own evaluation (the last of
     the history it saved) scores best on ``metric``; ties go to the earlier one."""

@@ -49,10 +49,10 @@ TIME_ATTR = "eval_step"
 def make_scheduler(name: str, max_t: int, grace_period: int, reduction_factor: float,
                    unfreezes_after: Callable[[dict[str, Any], int], bool] | None = None) -> Any:
     """Times count evaluations (``TIME_ATTR``), which are epochs unless ``train.evals_per_epoch``
-    > 1: the trial's own count, restored from its checkpoint, where Ray's ``training_iteration``
-    comes from Ray's record, which lags a trial that goes on from a checkpoint newer than the
-    record after a resume from a torn state save (see ``callbacks.ResumeRepair``). ``unfreezes_after(trial_config, evaluations_done)``: given for
-    ASHA, a trial is not judged at a rung that falls just before it unfreezes more blocks
+    > 1: the trial's own count, restored from its checkpoint (Ray's ``training_iteration`` comes
+    from Ray's record, which lags a trial that goes on from a newer checkpoint after a resume
+    from a torn state save; see ``callbacks.ResumeRepair``).
+    ``unfreezes_after(trial_config, evaluations_done)``: given for ASHA, a trial is not judged at a rung that falls just before it unfreezes more blocks
     (see :class:`UnfreezeAlignedASHA`)."""
     from ray.tune.schedulers import (
         ASHAScheduler,

@@ -31,8 +31,7 @@ def usable_checkpoint(given: Path) -> Path | None:
     it was written), the newest complete one beside it; None = start over."""
     if ckpt.is_complete(given):
         return given
-    siblings = sorted((p for p in given.parent.glob("checkpoint_*") if p != given), reverse=True)
-    fallback = next((p for p in siblings if ckpt.is_complete(p)), None)
+    fallback = ckpt.newest_complete(given.parent)
     warnings.warn(f"checkpoint {given} is torn; resuming from {fallback or 'scratch'}", stacklevel=2)
     return fallback
 

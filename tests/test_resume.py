@@ -204,10 +204,10 @@ def test_resume_after_a_torn_state_save(tmp_path, tiny_model, tiny_data):
     result, said = _resume(storage, search_id)
     assert "Ray's trials win" in said, said[-3000:]
     _assert_nothing_lost_nothing_twice(result, storage, search_id)
-    _assert_checkpoint_folders_are_rays(storage, search_id)
+    _assert_checkpoints_numbered_by_evaluation(storage, search_id)
 
 
-def _assert_checkpoint_folders_are_rays(storage: Path, search_id: str) -> None:
+def _assert_checkpoints_numbered_by_evaluation(storage: Path, search_id: str) -> None:
     """Each trial's last checkpoint sits in the folder numbered for its evaluation (every
     evaluation here reports one): a trial that went on from a checkpoint newer than Ray's
     record did not write its next ones into the killed run's folders."""

@@ -206,7 +206,7 @@ def test_missing_relative_file_is_refused(tmp_path: Path) -> None:
 
 def test_too_large_a_job_folder_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "big.csv").write_text("text,label\n" + "x,y\n" * 1000)
-    monkeypatch.setattr(cl, "JOB_BUNDLE_LIMIT", 1000)
+    monkeypatch.setattr(cl.job, "JOB_BUNDLE_LIMIT", 1000)
     cfg = write_config(tmp_path, GOOD + "data:\n  train: big.csv\n")
     with pytest.raises(InputError, match="shared storage") as err:
         cl.prepare_job(cfg, [], "job", env={}, cwd=tmp_path)

@@ -12,7 +12,6 @@ import datetime as dt
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoft.best_checkpoint import drop_trial_checkpoints, export_best, score_test
 from autoft.cadence import cadence_note, largest_batch_size, resolve_evals_per_epoch
 from autoft.config import UNBOUNDED_TRIALS, ExperimentConfig, config_to_dict
 from autoft.data import PreparedData, TextData, load_text_data, prepare_data
@@ -429,12 +429,13 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
     if leader is not None:
         try:
             phases.enter("export")
-            best_ckpt_dir = _export_best(grid, leader.get("trial_id"), metric, mode, search_dir, plan, cfg)
+            best_ckpt_dir = export_best(grid, leader.get("trial_id"), metric, mode, search_dir, plan.model_path,
+                                        cfg.model.trust_remote_code)
             if best_ckpt_dir is not None and data.test is not None:
                 phases.enter("test")
                 if preload is not None:
                     preload.join()
-                test_metrics = _score_test(best_ckpt_dir, data, cfg)
+                test_metrics = score_test(best_ckpt_dir, data, cfg)
             if best_ckpt_dir is not None and cfg.tracking.log_best_model:
                 phases.enter("register")
                 echo("logging the best checkpoint to MLflow as a registered model...")
@@ -450,7 +451,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
             raise
     phases.enter("finish")
     if status == "completed":
-        _drop_trial_checkpoints(search_dir)
+        drop_trial_checkpoints(search_dir)
     counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("completed", "pruned", "failed")}
     trials_df = pd.DataFrame([{
         "number": r.get("number"), "trial_id": r.get("trial_id"), "status": r["status"],
@@ -604,51 +605,3 @@ def _space_dict(space: SearchSpace) -> dict[str, Any]:
             spec.pop("log", None)
         params[n] = spec
     return {"name": space.name, "description": space.description, "fixed": space.fixed, "params": params}
-
-
-def _export_best(grid: Any, trial_id: str, metric: str, mode: str, search_dir: Path,
-                 plan: SearchPlan, cfg: ExperimentConfig) -> Path | None:
-    """Copy the best trial's best checkpoint to <search>/best_checkpoint, with its tokenizer."""
-    from autoft.checkpoint import best_complete, is_complete
-
-    for result in grid:
-        if result.metrics and result.metrics.get("trial_id") == trial_id:
-            ckpt = result.get_best_checkpoint(metric, mode) if result.best_checkpoints else result.checkpoint
-            if ckpt is None:
-                return None
-            source = Path(ckpt.path)
-            if not is_complete(source):
-                # Ray's record can name a checkpoint rotated away or left empty after a resume
-                # from a torn state save (see callbacks.ResumeRepair): the trial's best one on disk.
-                source = best_complete(source.parent, metric, mode)
-                if source is None:
-                    raise FileNotFoundError(f"no complete checkpoint of trial {trial_id} in {Path(ckpt.path).parent}")
-            out = search_dir / "best_checkpoint"
-            if out.exists():
-                shutil.rmtree(out)
-            shutil.copytree(source, out, ignore=shutil.ignore_patterns("optimizer.safetensors", "rng.safetensors"))
-            load_tokenizer(plan.model_path, cfg.model.trust_remote_code).save_pretrained(str(out))
-            return out
-    return None
-
-
-def _drop_trial_checkpoints(search_dir: Path) -> None:
-    """A finished search resumes nothing: the exported best checkpoint is all worth disk."""
-    for ckpt in search_dir.glob("trial_*/checkpoint_*"):
-        if ckpt.is_dir():
-            shutil.rmtree(ckpt, ignore_errors=True)
-
-
-def _score_test(ckpt_dir: Path, data: PreparedData, cfg: ExperimentConfig) -> dict[str, float]:
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    from autoft.trial import autocast_dtype, evaluate, pick_device
-
-    assert data.test is not None
-    device = pick_device(cfg.train.device)
-    model = AutoModelForSequenceClassification.from_pretrained(str(ckpt_dir), use_safetensors=True,
-                                                               local_files_only=True).to(device)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    return evaluate(model, data.test, cfg.train.eval_batch_size, data.pad_token_id, device,
-                    autocast_dtype(device, cfg.train.precision))

@@ -115,7 +115,7 @@ def test_a_search_that_fails_after_its_trials_ends_its_mlflow_run_failed(tiny_ov
     def lost(*args, **kwargs):
         raise FileNotFoundError("checkpoint_000001")
 
-    monkeypatch.setattr(controller, "_export_best", lost)
+    monkeypatch.setattr(controller, "export_best", lost)
     cfg = load_config(None, [*tiny_overrides, "name=lost", "search.num_trials=2", "search.max_concurrent=2",
                              "train.epochs=1", "tracking.log_best_model=false"])
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -260,10 +261,38 @@ def ui(
            "--port", str(port), "--artifacts-destination", str(artifacts), "--workers", "1"]
     # MLflow 3 starts background-job workers by default; a local UI needs none.
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    raise typer.Exit(_run_server(subprocess.Popen(cmd, env=env, start_new_session=True)))
+
+
+def _run_server(proc: Any, grace_s: float = 10.0) -> int:
+    """Wait for a server started in its own process group; on Ctrl-C or SIGTERM stop the whole
+    group (mlflow server runs its web server as a child process, which would outlive it) and
+    return 0. Its exit status otherwise."""
+    import signal
+    import time
+
+    stopping = []
+
+    def stop(signum: int, _frame: Any) -> None:
+        stopping.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+    before = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        raise typer.Exit(subprocess.call(cmd, env=env))
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+        rc = proc.wait()
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+        # Whatever ended it, leave nothing of the group behind: SIGTERM, then SIGKILL after a grace.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            while time.monotonic() < deadline:
+                os.killpg(proc.pid, 0)
+                time.sleep(0.1)
+            os.killpg(proc.pid, signal.SIGKILL)
+    return 0 if stopping else rc
 
 
 def _register_features() -> None:

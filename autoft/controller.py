@@ -168,6 +168,7 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
 
 
 STATE_FILE = "autoft_search.json"
+RESULT_FILE = "search.json"  # written when a search ends, whatever its status
 
 
 @dataclass
@@ -219,6 +220,7 @@ def resume_search(target: str, storage: str = "autoft-runs", echo: Any = print,
             raise InputError(key, f"changed from {before!r} to {after!r}; a resumed search keeps its objective, space "
                              "and evaluation cadence",
                              "start a new search to change it")
+    _check_unfinished(search_dir)
     # The search continues where its files are, whatever the current folder is.
     cfg = cfg.model_copy(update={"storage": str(search_dir.parent)})
     plan = plan_search(cfg)
@@ -228,6 +230,25 @@ def resume_search(target: str, storage: str = "autoft-runs", echo: Any = print,
     if not (search_dir / "tuner.pkl").is_file():
         raise InputError("NAME_OR_PATH", f"{search_dir} has no Ray state to resume", "start a new search")
     return _run(cfg, echo, plan, state["search_id"], _Resume(state["parent_run_id"], restart_errored))
+
+
+def _check_unfinished(search_dir: Path) -> None:
+    """Refuse a search that ended: its trials' checkpoints are gone and Ray has nothing left to
+    run, so a resume could only fail and mark the finished search failed. A search that ended
+    with every trial errored ("failed") can still be resumed with --restart-errored."""
+    path = search_dir / RESULT_FILE
+    if not path.is_file():
+        return
+    try:
+        ended = json.loads(path.read_text())
+    except ValueError:
+        return  # torn by a crash while written: the search did not end cleanly
+    # Files written before the status was recorded: only an all-errored search ended "failed".
+    status = ended.get("status") or ("failed" if ended.get("n_failed") == ended.get("n_trials") else "completed")
+    if status != "failed":
+        raise InputError("NAME_OR_PATH", f"search {search_dir.name} already ended ({status}, "
+                         f"{ended.get('n_trials', 0)} trials, best {ended.get('best_value')}); there is nothing to resume",
+                         "start a new search to run more trials: autoft search ...")
 
 
 def _dig(d: dict[str, Any], dotted: str) -> Any:
@@ -482,7 +503,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
         tracker.log_dict(parent, leader["recipe"], "best_config.yaml")
     tracker.end_search(status, summary, {"autoft.best_trial_run": leader.get("run_id", "") if leader else ""})
     search_dir.mkdir(parents=True, exist_ok=True)
-    (search_dir / "search.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    (search_dir / RESULT_FILE).write_text(json.dumps({"status": status, **result.to_dict()}, indent=2, default=str))
     return result
 
 

@@ -166,6 +166,41 @@ def test_resume_refuses_a_changed_objective(killed_then_resumed):
         resume_search(search_id, str(storage), echo=lambda *_: None, overrides=["search.startup_trials=4"])
 
 
+def test_resume_of_a_finished_search_is_refused_and_changes_nothing(killed_then_resumed):
+    from mlflow import MlflowClient
+
+    result, storage, search_id, _ = killed_then_resumed
+    res = subprocess.run(AUTOFT + ["resume", search_id, "--storage", str(storage)], env=_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.strip().startswith(f"error: NAME_OR_PATH: search {search_id} already ended (completed"), res.stderr
+    assert "Traceback" not in res.stderr
+    parent = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}").get_run(result["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["autoft.status"] == "completed"
+    assert Path(result["best_checkpoint"]).is_dir()
+
+
+@pytest.mark.parametrize(("ended", "refused"), [
+    ({"status": "completed", "n_trials": 4, "n_failed": 0}, True),
+    ({"status": "failed", "n_trials": 4, "n_failed": 4}, False),  # every trial errored: --restart-errored
+    ({"n_trials": 4, "n_failed": 1}, True),  # written before the status was recorded
+    ({"n_trials": 2, "n_failed": 2}, False),
+    (None, False),  # not ended
+])
+def test_which_ended_searches_resume_refuses(tmp_path, ended, refused):
+    from autoft.controller import RESULT_FILE, _check_unfinished
+    from autoft.errors import InputError
+
+    if ended is not None:
+        (tmp_path / RESULT_FILE).write_text(json.dumps(ended))
+    if refused:
+        with pytest.raises(InputError, match="already ended"):
+            _check_unfinished(tmp_path)
+    else:
+        _check_unfinished(tmp_path)
+
+
 def test_resume_of_unknown_search_is_a_clear_error(tmp_path):
     res = subprocess.run(AUTOFT + ["resume", "nope", "--storage", str(tmp_path)], env=_env(),
                          capture_output=True, text=True, timeout=60)

@@ -1,0 +1,59 @@
+"""`autoft ui`: the MLflow server it starts stops with it, web server process included.
+
+`mlflow server` serves through a child process (uvicorn) that outlives it when only the
+`mlflow server` process is signalled; a user's `kill` of `autoft ui` must leave no server
+listening.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_ui_stops_its_whole_server_on_a_signal(tmp_path, sig) -> None:
+    port = _free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "autoft.cli", "ui", "--storage", str(tmp_path), "--port", str(port)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    server: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 90
+        while not _listening(port):
+            assert ui.poll() is None, ui.stdout.read() if ui.stdout else ""
+            assert time.monotonic() < deadline, "the MLflow server did not start listening in 90 s"
+            time.sleep(0.5)
+        server = psutil.Process(ui.pid).children(recursive=True)
+        assert server, "autoft ui runs the server as a child process"
+        ui.send_signal(sig)
+        assert ui.wait(timeout=30) == 0
+        gone, alive = psutil.wait_procs(server, timeout=15)
+        assert not alive, [p.pid for p in alive]
+        assert not _listening(port)
+    finally:
+        # By PID only: whatever this test started and left behind.
+        for p in [*server, psutil.Process(ui.pid) if ui.poll() is None else None]:
+            if p is not None:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.kill()

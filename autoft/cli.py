@@ -128,9 +128,11 @@ def _label_counts(labels: Any) -> list[int]:
 def _print_result(result: Any, mode: str, json_out: bool) -> None:
     from autoft.leaderboard import print_leaderboard
 
-    print_leaderboard(result.trials, result.metric, mode, to_stderr=True)
+    print_leaderboard(result.trials, result.metric, mode, to_stderr=True,
+                      more_hint=f"autoft runs {result.search_id} --top 0 lists them all")
     _err(f"best {result.metric}: {result.best_value}  (trials {result.n_trials}: {result.n_completed} completed, "
-         f"{result.n_pruned} pruned, {result.n_failed} failed; {result.wall_seconds:.0f}s)")
+         f"{result.n_pruned} pruned, {result.n_failed} failed"
+         + (f", {result.n_killed} killed" if result.n_killed else "") + f"; {result.wall_seconds:.0f}s)")
     if result.test_metrics:
         _err("test split, best checkpoint: " + ", ".join(f"{k.replace('eval_', 'test_')} {v:.4f}"
                                                         for k, v in result.test_metrics.items()))
@@ -222,6 +224,7 @@ def runs(
     name: Annotated[str | None, typer.Argument(help="Search name (MLflow experiment) or search id. Omitted: list searches.")] = None,
     storage: Annotated[str, typer.Option("--storage", help="Storage folder holding the default mlflow.db.")] = "autoft-runs",
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
+    top: Annotated[int, typer.Option("--top", min=0, help="Show the best N trials; 0 shows every trial.")] = 20,
 ) -> None:
     """Print the leaderboard of a search from MLflow (works after the search has ended)."""
     _quiet_libraries()
@@ -238,7 +241,7 @@ def runs(
         df, metric, mode = leaderboard_from_mlflow(uri, name)
     except InputError as exc:
         _fail(exc)
-    print_leaderboard(df, metric, mode)
+    print_leaderboard(df, metric, mode, limit=top, more_hint="--top 0 shows them all")
 
 
 @app.command()

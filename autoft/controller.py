@@ -59,6 +59,7 @@ class SearchResult:
     wall_seconds: float
     metric: str
     mode: str = "max"
+    n_killed: int = 0  # cut short by the time budget or the search's end, epochs kept
     test_metrics: dict[str, float] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)  # registered model name, version, URIs
     # Where the driver's wall time went (prepare, ray_start, tune, export, test, register, finish;
@@ -473,7 +474,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
     phases.enter("finish")
     if status == "completed":
         drop_trial_checkpoints(search_dir)
-    counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("completed", "pruned", "failed")}
+    counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("completed", "pruned", "failed", "killed")}
     trials_df = pd.DataFrame([{
         "number": r.get("number"), "trial_id": r.get("trial_id"), "status": r["status"],
         metric: r.get("best"), "epochs": r.get("epochs"), "reason": r.get("reason", ""),
@@ -490,13 +491,15 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
         best_checkpoint=str(best_ckpt_dir) if best_ckpt_dir else None,
         mlflow_experiment_id=tracker.experiment_id, mlflow_run_id=parent, tracking_uri=tracking_uri,
         storage_dir=str(search_dir), n_trials=len(rows), n_completed=counts["completed"],
-        n_pruned=counts["pruned"], n_failed=counts["failed"], wall_seconds=time.time() - t_start,
+        n_pruned=counts["pruned"], n_failed=counts["failed"], n_killed=counts["killed"],
+        wall_seconds=time.time() - t_start,
         metric=metric, mode=mode, test_metrics=test_metrics, model=model_info, trials=trials_df,
     )
     # "finish" stops here: ending the MLflow run and writing search.json are not timed.
     result.phase_seconds = phases.done()
     summary = {"best_value": result.best_value or 0.0, "n_trials": result.n_trials,
                "n_completed": result.n_completed, "n_pruned": result.n_pruned, "n_failed": result.n_failed,
+               "n_killed": result.n_killed,
                "wall_seconds": result.wall_seconds, **{f"test_{k.removeprefix('eval_')}": v for k, v in test_metrics.items()},
                **{f"phase_{k}_seconds": v for k, v in result.phase_seconds.items()}}
     if leader:

@@ -30,7 +30,9 @@ def _seconds(v: Any) -> str:
 _COLUMN_FORMAT = {"number": lambda v: f"t{int(v):02d}", "wall_seconds": _seconds}
 
 
-def print_leaderboard(df: Any, metric: str, mode: str, to_stderr: bool = False, limit: int = 20) -> None:
+def print_leaderboard(df: Any, metric: str, mode: str, to_stderr: bool = False, limit: int = 20,
+                      more_hint: str = "") -> None:
+    """The best ``limit`` trials (0: all) as a table; a caption says how many were left out."""
     from rich.console import Console
     from rich.table import Table
 
@@ -43,8 +45,11 @@ def print_leaderboard(df: Any, metric: str, mode: str, to_stderr: bool = False, 
     cols = ["number", "status", metric, "epochs"] + [c for c in SHOWN_PARAMS if c in df.columns] + ["wall_seconds"]
     for c in cols:
         table.add_column({"number": "trial", "wall_seconds": "secs"}.get(c, c), justify="right" if c != "status" else "left")
-    for _, row in df.head(limit).iterrows():
+    shown = df.head(limit) if limit > 0 else df
+    for _, row in shown.iterrows():
         table.add_row(*[_COLUMN_FORMAT.get(c, _fmt)(row.get(c)) for c in cols])
+    if len(shown) < len(df):
+        table.caption = f"the best {len(shown)} of {len(df)} trials" + (f"; {more_hint}" if more_hint else "")
     console.print(table)
 
 
@@ -103,13 +108,19 @@ def leaderboard_from_mlflow(uri: str, name: str) -> tuple[Any, str, str]:
     mode = parent.data.params.get("mode", "max")
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=5000)
+    # Trial runs log every recipe field; the columns are the ones the search searched
+    # (its space.yaml), as in the leaderboard the search printed when it ended.
+    from autoft.report.load import space_params
+
+    searched = space_params(client, parent.info.run_id)
+    shown = [k for k in SHOWN_PARAMS if k in searched] if searched else list(SHOWN_PARAMS)
     rows = []
     for run in children:
         p, m, t = run.data.params, run.data.metrics, run.data.tags
         row = {"number": int(t.get("autoft.optuna_trial", -1)), "status": t.get("autoft.status", run.info.status),
                metric: m.get(f"best_{metric}"), "epochs": t.get("autoft.last_epoch"),
                "wall_seconds": m.get("wall_seconds"), "run_id": run.info.run_id}
-        for k in SHOWN_PARAMS:
+        for k in shown:
             if k in p:
                 row[k] = _num(p[k])
         rows.append(row)

@@ -169,3 +169,21 @@ def test_optuna_sees_every_epoch_and_the_best_value(finished_search):
         assert sorted(trial.intermediate_values) == steps, "the final (or pruning) epoch reaches Optuna too"
         if c.data.tags["autoft.status"] == "completed":
             assert trial.value == pytest.approx(c.data.metrics["best_eval_loss"])
+
+
+def test_autoft_runs_shows_what_the_search_searched_and_says_what_it_left_out(tiny_search):
+    from typer.testing import CliRunner
+
+    from autoft.cli import app
+
+    result, _, _, storage, _ = tiny_search
+    out = CliRunner().invoke(app, ["runs", result.search_id, "--storage", str(storage), "--top", "2"])
+    assert out.exit_code == 0, out.output
+    assert f"the best 2 of {result.n_trials} trials; --top 0 shows them all" in out.output
+    assert "learning_rate" in out.output and "num_frozen_layers" in out.output
+    # Logged on every trial run, but not searched by the quickstart space.
+    assert "dropout" not in out.output and "layerwise_lr_decay" not in out.output
+    every = CliRunner().invoke(app, ["runs", result.search_id, "--storage", str(storage), "--top", "0"])
+    assert every.exit_code == 0, every.output
+    assert "the best" not in every.output
+    assert all(f"t{n:02d}" in every.output for n in range(result.n_trials))

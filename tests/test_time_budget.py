@@ -43,6 +43,8 @@ def test_trials_cut_by_the_budget_are_closed_with_their_best(budget_search):
     assert runs and all(r.info.status != "RUNNING" for r in runs)
     cut = [r for r in runs if r.data.tags["autoft.status"] == "killed"]
     assert cut, "with 400 epochs per trial the budget must cut one short"
+    assert result.n_killed == len(cut)
+    assert result.n_completed + result.n_pruned + result.n_failed + result.n_killed == result.n_trials
     for r in cut:
         assert "time budget" in r.data.tags["autoft.reason"]
         history = [m.value for m in client.get_metric_history(r.info.run_id, "eval_loss")]

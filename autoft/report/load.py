@@ -94,7 +94,7 @@ def load_search(tracking_uri: str, name: str, storage: str | Path | None = None)
     record = SearchRecord(
         search_id=search_id, metric=metric, mode=mode, trials=trials,
         status=tags.get("autoft.status") or parent.info.status.lower(), experiment=exp.name,
-        params=dict(params), space=_space_params(client, parent.info.run_id), run_id=parent.info.run_id,
+        params=dict(params), space=space_params(client, parent.info.run_id), run_id=parent.info.run_id,
         tracking_uri=tracking_uri, start_ms=parent.info.start_time, end_ms=parent.info.end_time,
         num_layers=model_depth(params.get("model")),
     )
@@ -124,7 +124,7 @@ _SpaceLoader.add_constructor("tag:yaml.org,2002:python/tuple",
                              lambda loader, node: loader.construct_sequence(node))  # type: ignore[attr-defined]
 
 
-def _space_params(client: Any, run_id: str) -> dict[str, dict[str, Any]]:
+def space_params(client: Any, run_id: str) -> dict[str, dict[str, Any]]:
     import os
     import tempfile
 

@@ -30,6 +30,9 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     # Registering the best model reads its artifacts back; one status line says it instead.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Logging to an MLflow server, MLflow writes two "View run ... at: URL" lines per run to
+    # stdout: noise in the terminal, and stdout carries --json's result.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     import logging
     import warnings
 

@@ -144,7 +144,7 @@ class _Cluster:
 
 
 def _follow_and_report(cluster: _Cluster, job_id: str) -> int:
-    from autoft.cluster import last_json_line
+    from autoft.cluster import failure_hint, last_json_line
 
     try:
         status = cluster.follow(job_id)
@@ -163,6 +163,9 @@ def _follow_and_report(cluster: _Cluster, job_id: str) -> int:
             _err(f"job {job_id} SUCCEEDED")
         return 0
     _err(f"job {job_id} {status}: {(info.message or '').strip() or 'see the logs above'}")
+    hint = failure_hint(getattr(info, "driver_exit_code", None), info.message or "")
+    if hint:
+        _err(f"hint: {hint}")
     return 1
 
 

@@ -539,3 +539,30 @@ def test_help(command: list[str]) -> None:
 def test_shell_tools_present() -> None:
     assert shutil.which("bash"), "the SLURM tests need bash"
     assert os.name == "posix"
+
+
+@pytest.mark.parametrize(("exit_code", "message", "hinted"), [
+    (127, "", True),
+    (None, "Job entrypoint command failed with exit code 127, last available logs: autoft: not found", True),
+    (1, "Job entrypoint command failed with exit code 1", False),
+    (None, "", False),
+])
+def test_a_job_whose_shell_found_no_autoft_gets_a_hint(exit_code, message, hinted) -> None:
+    hint = cl.failure_hint(exit_code, message)
+    assert (hint is not None) is hinted
+    if hinted:
+        assert "`autoft`" in hint and "ray start" in hint
+
+
+def test_submit_prints_the_hint_when_the_job_found_no_autoft(capsys) -> None:
+    from types import SimpleNamespace
+
+    from autoft.cli_cluster import _follow_and_report
+
+    info = SimpleNamespace(message="Job entrypoint command failed with exit code 127", driver_exit_code=127)
+    cluster = SimpleNamespace(address="http://127.0.0.1:8265", follow=lambda job_id: "FAILED",
+                              call=lambda fn, *a: fn(), client=SimpleNamespace(get_job_info=lambda job_id: info))
+    assert _follow_and_report(cluster, "job-1") == 1
+    err = capsys.readouterr().err
+    assert "job job-1 FAILED: Job entrypoint command failed with exit code 127" in err
+    assert "hint: the cluster found no `autoft` command" in err

@@ -251,3 +251,24 @@ def test_search_leaves_no_tracking_uri_behind(server_search):
     would log to this search's store instead of its own."""
     before, after = server_search[2]["tracking_uri"]
     assert after == before
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_the_cli_keeps_mlflows_run_links_off_stdout(mlflow_server, monkeypatch, capfd, quiet) -> None:
+    """stdout of `autoft search --json` is the result; MLflow prints run links there when
+    it logs to a server, unless the CLI's environment turns them off."""
+    from autoft.cli import _quiet_libraries
+
+    # Set, then unset, so that teardown restores the variable whatever _quiet_libraries leaves.
+    monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "false")
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
+    if quiet:
+        _quiet_libraries()
+    client = _client(mlflow_server)
+    exp = client.get_experiment_by_name("stdout-check") or client.get_experiment(
+        client.create_experiment("stdout-check"))
+    run = client.create_run(exp.experiment_id)
+    capfd.readouterr()
+    client.set_terminated(run.info.run_id)
+    printed = capfd.readouterr().out
+    assert ("View run" in printed) is not quiet, printed

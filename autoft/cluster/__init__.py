@@ -26,6 +26,7 @@ from autoft.cluster.job import (
     Route,
     Shipped,
     autoft_version,
+    failure_hint,
     job_config_name,
     job_metadata,
     last_json_line,
@@ -41,7 +42,7 @@ from autoft.cluster.slurm import SlurmSpec, check_slurm, render_slurm
 
 __all__ = ["JOB_BUNDLE_LIMIT", "KUBE_MOUNT", "AuthToken", "ClusterJob", "KubeSpec", "Route", "Shipped", "SlurmSpec",
            "address_from_env", "auth_error", "autoft_version", "capacity_note", "check_address", "check_kube",
-           "check_remote_tracking", "check_shared_storage", "check_slurm", "find_auth_token", "is_local_tracking",
+           "check_remote_tracking", "check_shared_storage", "check_slurm", "failure_hint", "find_auth_token", "is_local_tracking",
            "job_config_name", "job_metadata", "kube_name", "kube_notes", "last_json_line", "prepare_job",
            "render_kuberay", "render_slurm", "resource_overrides", "runtime_env", "shell_command", "submission_id",
            "tracking_notes", "trials_per_node", "write_job_folder"]

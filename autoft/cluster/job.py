@@ -335,3 +335,17 @@ def last_json_line(logs: str) -> dict[str, Any] | None:
             except ValueError:
                 return None
     return None
+
+
+# What a shell's "command not found" exits with.
+NOT_FOUND_EXIT = 127
+
+
+def failure_hint(exit_code: int | None, message: str) -> str | None:
+    """What to do about a job whose entrypoint never ran autoft: the shell of the Ray head
+    found no ``autoft`` command (Ray Jobs run the entrypoint with the PATH of the process
+    that started the head)."""
+    if exit_code == NOT_FOUND_EXIT or f"exit code {NOT_FOUND_EXIT}" in message:
+        return ("the cluster found no `autoft` command: install autoft (the same version) in every node's "
+                "environment and start Ray from it, e.g. activate that virtualenv before `ray start`")
+    return None

@@ -53,7 +53,7 @@ def print_leaderboard(df: Any, metric: str, mode: str, to_stderr: bool = False, 
     console.print(table)
 
 
-def _client(uri: str) -> Any:
+def mlflow_client(uri: str) -> Any:
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
@@ -63,7 +63,7 @@ def list_searches(uri: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    client = _client(uri)
+    client = mlflow_client(uri)
     table = Table(title=f"searches in {uri}")
     for c in ("search id", "experiment", "status", "best", "trials", "started"):
         table.add_column(c)
@@ -102,7 +102,7 @@ def _q(s: str) -> str:
 def leaderboard_from_mlflow(uri: str, name: str) -> tuple[Any, str, str]:
     import pandas as pd
 
-    client = _client(uri)
+    client = mlflow_client(uri)
     parent = find_search_run(client, name)
     metric = parent.data.params.get("metric", "eval_f1")
     mode = parent.data.params.get("mode", "max")

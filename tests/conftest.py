@@ -125,3 +125,12 @@ def tiny_search(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny
     env_after = dict(os.environ)
     yield result, cfg, lines, root / "runs", (env_before, env_after)
     ray.shutdown()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on (for servers the tests start)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

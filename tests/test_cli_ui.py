@@ -17,12 +17,7 @@ import time
 
 import psutil
 import pytest
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import free_port
 
 
 def _listening(port: int) -> bool:
@@ -33,7 +28,7 @@ def _listening(port: int) -> bool:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_ui_stops_its_whole_server_on_a_signal(tmp_path, sig) -> None:
-    port = _free_port()
+    port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "autoft.cli", "ui", "--storage", str(tmp_path), "--port", str(port)],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -12,12 +12,12 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import free_port
 from typer.testing import CliRunner
 
 from autoft import cluster as cl
@@ -500,12 +500,6 @@ def test_cli_kuberay(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- submit / jobs: input errors
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_cli_submit_refuses_sqlite_before_connecting(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, "storage: /mnt/runs\ntracking:\n  uri: sqlite:///mlflow.db\n")
     result = runner.invoke(app, ["submit", str(cfg), "--address", "http://127.0.0.1:1"])
@@ -521,7 +515,7 @@ def test_cli_submit_needs_an_address(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_cli_unreachable_cluster_is_one_line(tmp_path: Path) -> None:
-    address = f"http://127.0.0.1:{_free_port()}"
+    address = f"http://127.0.0.1:{free_port()}"
     result = runner.invoke(app, ["submit", str(write_config(tmp_path, GOOD)), "--address", address])
     assert address in one_error_line(result, "--address")
     result = runner.invoke(app, ["jobs", "status", "some-id", "--address", address])

@@ -16,7 +16,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,19 +25,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import SMS, build_vocab, make_tiny_bert, read_rows, write_csv
+from conftest import SMS, build_vocab, free_port, make_tiny_bert, read_rows, write_csv
 
 pytestmark = pytest.mark.ray
 
 BIN = Path(sys.executable).parent
 NAME = "tiny-job"
 N_TRIALS = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get(url: str, token: str | None = None) -> int:
@@ -98,8 +91,8 @@ class Cluster:
         self.token_path.write_text(self.token)
         (self.root / "home").mkdir()
         self.procs: list[subprocess.Popen] = []
-        self.dashboard = f"http://127.0.0.1:{_free_port()}"
-        self.mlflow = f"http://127.0.0.1:{_free_port()}"
+        self.dashboard = f"http://127.0.0.1:{free_port()}"
+        self.mlflow = f"http://127.0.0.1:{free_port()}"
 
     def base_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
@@ -119,9 +112,9 @@ class Cluster:
     def start(self) -> None:
         head_env = {**self.base_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
         dash_port = self.dashboard.rsplit(":", 1)[1]
-        cmd = [str(BIN / "ray"), "start", "--head", "--port", str(_free_port()), "--num-cpus", "2", "--num-gpus", "0",
+        cmd = [str(BIN / "ray"), "start", "--head", "--port", str(free_port()), "--num-cpus", "2", "--num-gpus", "0",
                "--dashboard-host", "127.0.0.1", "--dashboard-port", dash_port,
-               "--dashboard-agent-listen-port", str(_free_port()), "--ray-client-server-port", str(_free_port()),
+               "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port()),
                "--min-worker-port", "0", "--max-worker-port", "0", "--object-store-memory", str(300 * 2**20),
                "--temp-dir", str(self.root / "ray"), "--disable-usage-stats", "--block"]
         log = open(self.root / "ray-start.log", "wb")  # noqa: SIM115 - the process holds it

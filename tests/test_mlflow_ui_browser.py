@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parent.parent
@@ -35,12 +35,6 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs headless Chromium at /usr/bin/chromium "
                        "(apt-get install chromium)"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get(url: str, timeout: float = 2) -> bytes | None:
@@ -80,7 +74,7 @@ def ui_search(tmp_path_factory, tiny_model, tiny_data):
     storage.mkdir()
     uri = f"sqlite:///{storage / 'mlflow.db'}"
     MlflowClient(tracking_uri=uri).search_experiments()  # create the schema once, before two processes use it
-    port = _free_port()
+    port = free_port()
     log = open(root / "server.log", "wb")  # noqa: SIM115 - closed in teardown
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
@@ -208,7 +202,7 @@ def test_experiment_page_nests_trial_runs_under_the_search(ui_search, tmp_path):
     result = ui_search["result"]
     children = ui_search["children"]
     assert len(children) == N_TRIALS and all(c.startswith("t0") for c in children)
-    cport = _free_port()
+    cport = free_port()
     profile = tmp_path / "chromium-profile"
     log = open(tmp_path / "chromium.log", "wb")  # noqa: SIM115 - closed below
     browser = subprocess.Popen(

@@ -11,15 +11,10 @@ from typing import Any
 import yaml
 
 from autoft.errors import InputError
+from autoft.leaderboard import find_search_run, mlflow_client
 from autoft.outcome import as_epoch
 from autoft.report.model import searched_params, study_importances, trial_value
 from autoft.report.records import HISTORY_METRICS, SearchRecord, TrialRecord
-
-
-def mlflow_client(uri: str) -> Any:
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
 
 
 def optuna_storage_url(parent_tags: dict[str, str], storage: str | Path | None) -> str | None:
@@ -40,8 +35,6 @@ def find_study(tracking_uri: str | None, name: str, storage: str | Path | None) 
     there is one (the study is named by search id), else ``storage/optuna.db`` and ``name``."""
     tags: dict[str, str] = {}
     if tracking_uri:
-        from autoft.leaderboard import find_search_run
-
         try:
             tags = find_search_run(mlflow_client(tracking_uri), name).data.tags
         except InputError:
@@ -63,8 +56,6 @@ def _load_study(url: str, name: str) -> Any:
 
 def load_search(tracking_uri: str, name: str, storage: str | Path | None = None) -> SearchRecord:
     """Read a search (by id, or by name: its newest) from MLflow and its Optuna study."""
-    from autoft.leaderboard import find_search_run
-
     client = mlflow_client(tracking_uri)
     parent = find_search_run(client, name)
     tags, params = parent.data.tags, parent.data.params

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from autoft.report.load import load_search, mlflow_client
+from autoft.leaderboard import mlflow_client
+from autoft.report.load import load_search
 from autoft.report.model import ReportModel, build_model
 from autoft.report.records import SearchRecord
 from autoft.report.render import render_html

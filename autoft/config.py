@@ -165,6 +165,9 @@ class PruningConfig(_Section):
     reduction_factor: float = Field(2, gt=1)
     align_to_unfreezing: bool = Field(
         False, description="asha: a trial is not judged at a rung just before it unfreezes more blocks")
+    stop_ties: bool = Field(
+        True, description="asha: a trial that only ties its rung's cutoff is stopped (trials stuck on the "
+                          "majority class all score the same); false: Ray's rule, ties go on")
 
 
 class ResourcesConfig(_Section):

@@ -390,7 +390,8 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
         scheduler = make_scheduler(cfg.pruning.scheduler, _max_epochs(plan) * plan.evals_per_epoch,
                                    cfg.pruning.grace_period,
                                    cfg.pruning.reduction_factor,
-                                   _unfreeze_oracle(plan) if cfg.pruning.align_to_unfreezing else None)
+                                   _unfreeze_oracle(plan) if cfg.pruning.align_to_unfreezing else None,
+                                   stop_ties=cfg.pruning.stop_ties)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(

@@ -71,6 +71,7 @@ VARIANTS = {
     "aligned": ["pruning.align_to_unfreezing=true"],
     "rf3": ["pruning.reduction_factor=3"],
     "grace2": ["pruning.grace_period=2"],
+    "rayties": ["pruning.stop_ties=false"],
     "median": ["pruning.scheduler=median"],
     "nopruning": ["pruning.scheduler=none"],
     # Judged after half an epoch (grace 1 evaluation), then at every half epoch.
@@ -85,6 +86,7 @@ NAMES = {
     "aligned": "autoft rungs after unfreeze",
     "rf3": "autoft ASHA rf 3",
     "grace2": "autoft ASHA grace 2",
+    "rayties": "autoft ASHA, ties go on",
     "median": "autoft median stopping",
     "nopruning": "autoft no pruning",
     "half": "autoft eval every half epoch",

@@ -1,0 +1,79 @@
+"""TieStoppingASHA against Ray's own ASHA bookkeeping, with hand-made trials and results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from autoft.pruning import TIME_ATTR, TieStoppingASHA, make_scheduler
+
+pytestmark = pytest.mark.ray
+
+CONTINUE, STOP = "CONTINUE", "STOP"
+MAJORITY = 0.3348  # macro-F1 of a binary classifier that predicts one class
+
+
+@dataclass
+class FakeTrial:
+    trial_id: str
+    config: dict = field(default_factory=dict)
+
+
+def scheduler(stop_ties: bool = True, mode: str = "max", aligned: bool = False):
+    oracle = (lambda config, done: False) if aligned else None
+    s = make_scheduler("asha", max_t=6, grace_period=1, reduction_factor=2, unfreezes_after=oracle,
+                       stop_ties=stop_ties)
+    s.set_search_properties("m", mode)
+    return s
+
+
+def feed(s, trial: FakeTrial, done: int, value: float) -> str:
+    return s.on_trial_result(None, trial, {TIME_ATTR: done, "m": value})
+
+
+def trials(s, *names: str) -> list[FakeTrial]:
+    out = [FakeTrial(n) for n in names]
+    for t in out:
+        s.on_trial_add(None, t)
+    return out
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_trials_stuck_on_the_majority_class_are_not_all_promoted(aligned: bool) -> None:
+    s = scheduler(aligned=aligned)
+    assert isinstance(s, TieStoppingASHA)
+    a, b, c, d = trials(s, "a", "b", "c", "d")
+    assert feed(s, a, 1, MAJORITY) == CONTINUE  # first at the rung: nothing to judge it by
+    assert feed(s, b, 1, MAJORITY) == STOP  # ties the cutoff (a's score)
+    assert feed(s, c, 1, 0.61) == CONTINUE  # beats it
+    assert feed(s, d, 1, MAJORITY) == STOP  # the median of the rung is still the floor
+    assert s._num_stopped == 2
+
+
+def test_rays_rule_promotes_every_tie() -> None:
+    s = scheduler(stop_ties=False)
+    a, b, c, d = trials(s, "a", "b", "c", "d")
+    assert [feed(s, t, 1, v) for t, v in ((a, MAJORITY), (b, MAJORITY), (c, 0.61), (d, MAJORITY))] == [
+        CONTINUE, CONTINUE, CONTINUE, CONTINUE]
+
+
+def test_only_results_at_a_rung_are_judged() -> None:
+    s = scheduler()
+    a, b = trials(s, "a", "b")
+    feed(s, a, 1, 0.70)
+    feed(s, b, 1, 0.80)
+    # Rungs at 1, 2 and 4 evaluations: at 3 nobody is judged, a tie there goes on.
+    assert feed(s, b, 2, 0.80) == CONTINUE
+    assert feed(s, a, 2, 0.80) == STOP  # ties b at rung 2
+    assert feed(s, b, 3, 0.80) == CONTINUE
+    # The last evaluation ends the trial whatever it scores, as in Ray's ASHA.
+    assert feed(s, b, 6, 0.10) == STOP
+
+
+def test_ties_are_stopped_when_lower_is_better() -> None:
+    s = scheduler(mode="min")
+    a, b, c = trials(s, "a", "b", "c")
+    assert feed(s, a, 1, 0.69) == CONTINUE
+    assert feed(s, b, 1, 0.69) == STOP
+    assert feed(s, c, 1, 0.50) == CONTINUE

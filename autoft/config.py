@@ -166,8 +166,9 @@ class PruningConfig(_Section):
     align_to_unfreezing: bool = Field(
         False, description="asha: a trial is not judged at a rung just before it unfreezes more blocks")
     stop_ties: bool = Field(
-        True, description="asha: a trial that only ties its rung's cutoff is stopped (trials stuck on the "
-                          "majority class all score the same); false: Ray's rule, ties go on")
+        False, description="asha: stop a trial that only ties its rung's cutoff (trials stuck on the majority "
+                           "class all score the same); off (Ray's rule, ties go on) because it also stops slow "
+                           "starters, the standard recipe among them")
 
 
 class ResourcesConfig(_Section):

@@ -72,6 +72,7 @@ VARIANTS = {
     "rf3": ["pruning.reduction_factor=3"],
     "grace2": ["pruning.grace_period=2"],
     "rayties": ["pruning.stop_ties=false"],
+    "stopties": ["pruning.stop_ties=true"],
     "median": ["pruning.scheduler=median"],
     "nopruning": ["pruning.scheduler=none"],
     # Judged after half an epoch (grace 1 evaluation), then at every half epoch.
@@ -87,6 +88,7 @@ NAMES = {
     "rf3": "autoft ASHA rf 3",
     "grace2": "autoft ASHA grace 2",
     "rayties": "autoft ASHA, ties go on",
+    "stopties": "autoft ASHA, ties stop",
     "median": "autoft median stopping",
     "nopruning": "autoft no pruning",
     "half": "autoft eval every half epoch",
@@ -840,6 +842,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="print the tables of earlier results files (e.g. with another --tolerance); several "
                          "files' runs are pooled (a later file's run replaces an earlier one of the same system, "
                          "dataset and seed), so targets come from every file's search systems; run nothing")
+    ap.add_argument("--as-autoft", metavar="VARIANT",
+                    help="with --reanalyze: judge this variant's runs as autoft's (they replace autoft's runs "
+                         "and, like them, set the targets): a default changed to what the variant ran")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.trials is None:
@@ -860,6 +865,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             ap.error(f"--budget-for: {item!r} is not SYSTEM=SECONDS (e.g. b1=1200)")
         if not eq or name not in ALL_SYSTEMS or name == "b4":
             ap.error(f"--budget-for: {item!r}: use SYSTEM=SECONDS with a system of {','.join(s for s in ALL_SYSTEMS if s != 'b4')}")
+    if args.as_autoft and (not args.reanalyze or args.as_autoft not in VARIANTS):
+        ap.error(f"--as-autoft: use it with --reanalyze and one of the variants {','.join(VARIANTS)}")
     for s in args.system_list:
         if s not in ALL_SYSTEMS:
             ap.error(f"--systems: unknown system {s!r}; use some of {','.join(ALL_SYSTEMS)}")
@@ -905,6 +912,13 @@ def pooled_runs(paths: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]
     return settings, runs
 
 
+def as_autoft(runs: list[dict[str, Any]], variant: str) -> list[dict[str, Any]]:
+    """The runs with ``variant``'s in place of autoft's."""
+    if not any(r["system"] == variant for r in runs):
+        sys.exit(f"--as-autoft: no runs of {variant!r} in the --reanalyze files")
+    return [{**r, "system": "autoft"} if r["system"] == variant else r for r in runs if r["system"] != "autoft"]
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -916,6 +930,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.reanalyze:
         st, runs = pooled_runs(args.reanalyze)
+        if args.as_autoft:
+            runs = as_autoft(runs, args.as_autoft)
         systems = [s for s in ALL_SYSTEMS if any(r["system"] == s for r in runs)]
         print(report(summarize(runs, st["dataset_list"], systems, st["epochs"], args.tolerance,
                                st.get("budget_s")), st["seeds"]))

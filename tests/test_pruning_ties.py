@@ -77,3 +77,13 @@ def test_ties_are_stopped_when_lower_is_better() -> None:
     assert feed(s, a, 1, 0.69) == CONTINUE
     assert feed(s, b, 1, 0.69) == STOP
     assert feed(s, c, 1, 0.50) == CONTINUE
+
+
+def test_the_default_is_rays_rule() -> None:
+    from autoft.config import PruningConfig
+
+    assert PruningConfig().stop_ties is False
+    s = make_scheduler("asha", max_t=6, grace_period=1, reduction_factor=2)
+    s.set_search_properties("m", "max")
+    a, b = trials(s, "a", "b")
+    assert [feed(s, a, 1, MAJORITY), feed(s, b, 1, MAJORITY)] == [CONTINUE, CONTINUE]

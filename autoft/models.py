@@ -85,8 +85,12 @@ def load_classifier(
 ) -> Any:
     """A sequence classifier with a fresh head for ``label_names``.
 
-    The head is initialised from the global torch RNG, so seed it first.
+    The head is initialised from the global torch RNG, so seed it first. Weights load in fp32
+    whatever the checkpoint holds: transformers 5 keeps a half-precision checkpoint's dtype,
+    and training half weights directly (no fp32 master copy) loses small updates; mixed
+    precision comes from autocast in the trial loop.
     """
+    import torch
     from torch import nn
     from transformers import AutoModelForSequenceClassification
 
@@ -101,7 +105,7 @@ def load_classifier(
             setattr(config, key, float(dropout))
     model = AutoModelForSequenceClassification.from_pretrained(
         str(path), config=config, trust_remote_code=trust_remote_code,
-        local_files_only=True, use_safetensors=True,
+        local_files_only=True, use_safetensors=True, dtype=torch.float32,
     )
     if dropout is not None:
         for m in model.modules():

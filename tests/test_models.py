@@ -127,3 +127,20 @@ def test_load_classifier_head_seeded_by_global_rng(tiny_model: Path) -> None:
     c = load_classifier(tiny_model, ["x", "y"]).classifier.weight
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+def test_half_precision_checkpoint_loads_in_fp32(tiny_model: Path, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    half = tmp_path / "half"
+    shutil.copytree(tiny_model, half)
+    weights = load_file(half / "model.safetensors")
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in weights.items()},
+              half / "model.safetensors", metadata={"format": "pt"})
+    # As published half-precision models declare it (transformers 5 then loads them in fp16).
+    config = json.loads((half / "config.json").read_text())
+    config.pop("torch_dtype", None)
+    (half / "config.json").write_text(json.dumps({**config, "dtype": "float16"}))
+    model = load_classifier(half, ["ham", "spam"])
+    assert {p.dtype for p in model.parameters()} == {torch.float32}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import shutil
 import sys
 import tempfile
 import time
@@ -29,15 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-class Collect:
-    def __init__(self) -> None:
-        self.metrics: list[dict[str, Any]] = []
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        self.metrics.append(dict(metrics))
-
-
-def setup(args: argparse.Namespace) -> tuple[Any, Any, Path]:
+def prepare(args: argparse.Namespace) -> tuple[Any, Any, Path]:
+    """Config, tokenized data and a work folder: once per process, shared by its trials."""
     from autoft.config import load_config
     from autoft.controller import plan_search, tokenize_for
 
@@ -52,39 +46,37 @@ def setup(args: argparse.Namespace) -> tuple[Any, Any, Path]:
     return cfg, tokenize_for(plan), work
 
 
-def one_trial(args: argparse.Namespace, precision: str, frozen: int, cache: bool) -> dict[str, Any]:
+def one_trial(prepared: tuple[Any, Any, Path], precision: str, frozen: int, cache: bool) -> dict[str, Any]:
     import torch
 
-    from autoft.trial import RunOptions, run_trial
+    from autoft.trial import PrintReporter, RunOptions, pick_device, run_trial
 
-    cfg, data, work = setup(args)
+    cfg, data, work = prepared
+    # Its own cache and checkpoint folders: no trial reuses what an earlier one built.
+    own = Path(tempfile.mkdtemp(dir=work))
     recipe = cfg.base_recipe({"learning_rate": 1e-4, "num_frozen_layers": frozen})
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
+    on_gpu = pick_device("auto").type == "cuda"
+    if on_gpu:
         torch.cuda.reset_peak_memory_stats()
-    rep = Collect()
-    opts = RunOptions(device=device, precision=precision, cache_frozen=cache, cache_dir=work / "cache",
-                      checkpoint_dir=work / "ckpt")
+    opts = RunOptions(precision=precision, cache_frozen=cache, cache_dir=own / "cache", checkpoint_dir=own / "ckpt")
     t0 = time.perf_counter()
-    result = run_trial(recipe, data, Path(cfg.model.path), rep, opts)
+    result = run_trial(recipe, data, Path(cfg.model.path), PrintReporter(echo=lambda _line: None), opts)
     wall = time.perf_counter() - t0
-    epochs = [m["epoch_seconds"] for m in rep.metrics]
+    epochs = [m["epoch_seconds"] for m in result.history]
     return {"status": result.status, "wall_s": wall, "first_epoch_s": epochs[0],
             "later_epoch_s": sum(epochs[1:]) / max(len(epochs) - 1, 1),
-            "samples_per_s": rep.metrics[-1]["train_samples_per_second"],
-            "eval_f1": rep.metrics[-1]["eval_f1"],
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0}
+            "samples_per_s": result.history[-1]["train_samples_per_second"],
+            "eval_f1": result.history[-1]["eval_f1"],
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0}
 
 
 def _child(args: argparse.Namespace, queue: Any, start: Any) -> None:
-    import torch  # noqa: F401  (imports before the start: only training is timed)
-    import transformers  # noqa: F401
-
-    import autoft.controller  # noqa: F401
-    import autoft.trial  # noqa: F401
-
-    start.wait()  # the trials begin together
-    queue.put(one_trial(args, "bf16", 0, True))
+    prepared = prepare(args)  # imports and tokenizing before the start: only the trials run together
+    start.wait()
+    try:
+        queue.put(one_trial(prepared, "bf16", 0, True))
+    finally:
+        shutil.rmtree(prepared[2], ignore_errors=True)
 
 
 def shared(args: argparse.Namespace, n: int) -> tuple[float, list[dict[str, Any]]]:
@@ -127,15 +119,19 @@ def main() -> int:
           f"{torch.cuda.is_available() and torch.cuda.is_bf16_supported()}; {args.samples} examples x "
           f"{args.epochs} epochs, batch {args.batch_size}, length {args.max_length}", flush=True)
     rows: list[tuple[str, dict[str, Any]]] = []
-    for name, precision, frozen, cache in (
-        ("full FT, fp32", "fp32", 0, True),
-        ("full FT, bf16 autocast", "bf16", 0, True),
-        ("full FT, fp16 autocast + GradScaler", "fp16", 0, True),
-        ("4 frozen, bf16, no cache", "bf16", 4, False),
-        ("4 frozen, bf16, cache", "bf16", 4, True),
-    ):
-        rows.append((name, one_trial(args, precision, frozen, cache)))
-        print(f"  {name}: {json.dumps(rows[-1][1])}", flush=True)
+    prepared = prepare(args)
+    try:
+        for name, precision, frozen, cache in (
+            ("full FT, fp32", "fp32", 0, True),
+            ("full FT, bf16 autocast", "bf16", 0, True),
+            ("full FT, fp16 autocast + GradScaler", "fp16", 0, True),
+            ("4 frozen, bf16, no cache", "bf16", 4, False),
+            ("4 frozen, bf16, cache", "bf16", 4, True),
+        ):
+            rows.append((name, one_trial(prepared, precision, frozen, cache)))
+            print(f"  {name}: {json.dumps(rows[-1][1])}", flush=True)
+    finally:
+        shutil.rmtree(prepared[2], ignore_errors=True)
     alone_wall, alone = shared(args, 1)
     both_wall, both = shared(args, 2)
     head = f"{'trial':40s} {'status':9s} {'epoch 1 s':>9s} {'later s':>8s} {'samples/s':>9s} {'val F1':>7s} {'peak GiB':>8s}"
@@ -146,7 +142,7 @@ def main() -> int:
               f"{r['samples_per_s']:9.0f} {r['eval_f1']:7.4f} {r['peak_gib']:8.2f}")
     one, two = alone[0]["wall_s"], max(r["wall_s"] for r in both)
     print(f"\ntwo trials sharing one GPU: {two:.1f} s for both against {one:.1f} s for one alone "
-          f"(trial wall time, data and model loading included): {2 * one / two:.2f}x the throughput of one at a time")
+          f"(run_trial's wall time: model loading included, tokenizing not): {2 * one / two:.2f}x the throughput of one at a time")
     by = dict(rows)
     print(f"bf16 vs fp32 (later epochs): {by['full FT, fp32']['later_epoch_s'] / by['full FT, bf16 autocast']['later_epoch_s']:.2f}x; "
           f"prefix cache at 4 frozen (later epochs): "

@@ -169,6 +169,9 @@ class PruningConfig(_Section):
         False, description="asha: stop a trial that only ties its rung's cutoff (trials stuck on the majority "
                            "class all score the same); off (Ray's rule, ties go on) because it also stops slow "
                            "starters, the standard recipe among them")
+    tie_breaker: Literal["none", "eval_loss"] = Field(
+        "none", description="asha: rank trials whose scores tie (all stuck on the majority class) by this "
+                            "metric, lower better, so the rung's usual share of them stops")
 
 
 class ResourcesConfig(_Section):

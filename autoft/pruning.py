@@ -9,6 +9,7 @@ intermediate values) and diverged or crashed ones as FAIL.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -44,18 +45,23 @@ def make_sampler(name: str, seed: int, startup_trials: int | None = None) -> Any
 
 
 TIME_ATTR = "eval_step"
+# Orders tied scores only: far below a difference between two scores that could matter (one
+# example in a million changes accuracy by 1e-6), far above float64's resolution near 1 (1e-16).
+TIE_NUDGE = 1e-12
 
 
 def make_scheduler(name: str, max_t: int, grace_period: int, reduction_factor: float,
                    unfreezes_after: Callable[[dict[str, Any], int], bool] | None = None,
-                   stop_ties: bool = False) -> Any:
+                   stop_ties: bool = False, tie_breaker: str | None = None) -> Any:
     """Times count evaluations (``TIME_ATTR``), which are epochs unless ``train.evals_per_epoch``
     > 1: the trial's own count, restored from its checkpoint (Ray's ``training_iteration`` comes
     from Ray's record, which lags a trial that goes on from a newer checkpoint after a resume
     from a torn state save; see ``callbacks.ResumeRepair``).
     ``unfreezes_after(trial_config, evaluations_done)``: given for ASHA, a trial is not judged at a rung that falls just before it unfreezes more blocks
     (see :class:`UnfreezeAlignedASHA`).
-    ``stop_ties``: ASHA stops a trial that only ties its rung's cutoff (see :class:`TieStoppingASHA`)."""
+    ``stop_ties``: ASHA stops a trial that only ties its rung's cutoff (see :class:`TieStoppingASHA`).
+    ``tie_breaker``: a reported metric, lower better (``eval_loss``), that ranks ASHA's trials
+    whose scores tie (see :meth:`TieStoppingASHA.ranked`); None: ties stay ties."""
     from ray.tune.schedulers import (
         FIFOScheduler,
         HyperBandScheduler,
@@ -64,11 +70,12 @@ def make_scheduler(name: str, max_t: int, grace_period: int, reduction_factor: f
 
     grace = min(grace_period, max_t)
     if name == "asha" and unfreezes_after is not None:
-        return UnfreezeAlignedASHA(unfreezes_after, stop_ties=stop_ties, time_attr=TIME_ATTR, max_t=max_t,
-                                   grace_period=grace, reduction_factor=reduction_factor)
+        return UnfreezeAlignedASHA(unfreezes_after, stop_ties=stop_ties, tie_breaker=tie_breaker,
+                                   time_attr=TIME_ATTR, max_t=max_t, grace_period=grace,
+                                   reduction_factor=reduction_factor)
     if name == "asha":
-        return TieStoppingASHA(stop_ties=stop_ties, time_attr=TIME_ATTR, max_t=max_t, grace_period=grace,
-                               reduction_factor=reduction_factor)
+        return TieStoppingASHA(stop_ties=stop_ties, tie_breaker=tie_breaker, time_attr=TIME_ATTR, max_t=max_t,
+                               grace_period=grace, reduction_factor=reduction_factor)
     if name == "hyperband":
         return HyperBandScheduler(time_attr=TIME_ATTR, max_t=max_t,
                                   reduction_factor=reduction_factor)
@@ -94,11 +101,30 @@ class TieStoppingASHA(ASHAScheduler):
     search it stopped the standard recipe at its first epoch, when it still sat at the floor.
     """
 
-    def __init__(self, *, stop_ties: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *, stop_ties: bool = True, tie_breaker: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._stop_ties = stop_ties
+        self._tie_breaker = tie_breaker
+
+    def ranked(self, result: dict) -> dict:
+        """The result as the rungs rank it. With a tie-breaker (lower better, e.g. ``eval_loss``)
+        the score loses ``TIE_NUDGE * b / (1 + b)`` of the breaker's value ``b``: less than any
+        real difference between two scores, so it orders only trials that tie, and trials stuck on
+        the majority class, all at the same F1, are ranked by how far their loss has come instead
+        of all going on (or, with ``stop_ties``, all stopping). Ray records what this returns."""
+        breaker = getattr(self, "_tie_breaker", None)  # None in a scheduler pickled before it
+        if not breaker or breaker == self._metric or self._metric not in result:
+            return result
+        b = result.get(breaker)
+        if not isinstance(b, (int, float)) or not math.isfinite(b) or b < 0:
+            return result
+        return {**result, self._metric: result[self._metric] - self._metric_op * TIE_NUDGE * b / (1 + b)}
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        super().on_trial_complete(tune_controller, trial, self.ranked(result))
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        result = self.ranked(result)
         cutoff = self._pending_cutoff(trial, result) if getattr(self, "_stop_ties", False) else None
         action = super().on_trial_result(tune_controller, trial, result)
         if (action == TrialScheduler.CONTINUE and cutoff is not None

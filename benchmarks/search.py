@@ -73,6 +73,7 @@ VARIANTS = {
     "grace2": ["pruning.grace_period=2"],
     "rayties": ["pruning.stop_ties=false"],
     "stopties": ["pruning.stop_ties=true"],
+    "losstie": ["pruning.tie_breaker=eval_loss"],
     "median": ["pruning.scheduler=median"],
     "nopruning": ["pruning.scheduler=none"],
     # Judged after half an epoch (grace 1 evaluation), then at every half epoch.
@@ -89,6 +90,7 @@ NAMES = {
     "grace2": "autoft ASHA grace 2",
     "rayties": "autoft ASHA, ties go on",
     "stopties": "autoft ASHA, ties stop",
+    "losstie": "autoft ASHA, ties by loss",
     "median": "autoft median stopping",
     "nopruning": "autoft no pruning",
     "half": "autoft eval every half epoch",

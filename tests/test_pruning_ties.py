@@ -87,3 +87,55 @@ def test_the_default_is_rays_rule() -> None:
     s.set_search_properties("m", "max")
     a, b = trials(s, "a", "b")
     assert [feed(s, a, 1, MAJORITY), feed(s, b, 1, MAJORITY)] == [CONTINUE, CONTINUE]
+
+
+def loss_ranked(mode: str = "max", metric: str = "m", aligned: bool = False):
+    oracle = (lambda config, done: False) if aligned else None
+    s = make_scheduler("asha", max_t=6, grace_period=1, reduction_factor=2, unfreezes_after=oracle,
+                       tie_breaker="eval_loss")
+    s.set_search_properties(metric, mode)
+    return s
+
+
+def feed_loss(s, trial: FakeTrial, done: int, value: float, loss: float) -> str:
+    return s.on_trial_result(None, trial, {TIME_ATTR: done, "m": value, "eval_loss": loss})
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_ties_are_ranked_by_validation_loss(aligned: bool) -> None:
+    s = loss_ranked(aligned=aligned)
+    a, b, c, d = trials(s, "a", "b", "c", "d")
+    assert feed_loss(s, a, 1, MAJORITY, 0.69) == CONTINUE  # first at the rung
+    assert feed_loss(s, b, 1, MAJORITY, 0.71) == STOP  # same F1, loss further behind a's
+    assert feed_loss(s, c, 1, MAJORITY, 0.60) == CONTINUE  # same F1, loss ahead of the rung's median
+    # Any real difference in score outranks the loss, however large.
+    assert feed_loss(s, d, 1, MAJORITY + 1e-4, 50.0) == CONTINUE
+
+
+def test_a_completed_trial_is_recorded_as_ranked() -> None:
+    s = loss_ranked()
+    a, b = trials(s, "a", "b")
+    s.on_trial_complete(None, a, {TIME_ATTR: 1, "m": MAJORITY, "eval_loss": 0.5})
+    assert feed_loss(s, b, 1, MAJORITY, 0.6) == STOP  # behind a on the loss a completed with
+
+
+def test_the_breaker_is_ignored_where_it_cannot_rank() -> None:
+    # The metric is the loss itself; a result without the breaker, or with a non-finite one.
+    s = loss_ranked(mode="min", metric="eval_loss")
+    a, b = trials(s, "a", "b")
+    assert s.on_trial_result(None, a, {TIME_ATTR: 1, "eval_loss": 0.6}) == CONTINUE
+    assert s.on_trial_result(None, b, {TIME_ATTR: 1, "eval_loss": 0.6}) == CONTINUE  # Ray's rule
+    s = loss_ranked()
+    a, b, c = trials(s, "a", "b", "c")
+    assert feed(s, a, 1, MAJORITY) == CONTINUE
+    assert feed_loss(s, b, 1, MAJORITY, float("nan")) == CONTINUE
+    assert s.ranked({"m": 0.5, "eval_loss": float("inf")}) == {"m": 0.5, "eval_loss": float("inf")}
+
+
+def test_no_breaker_by_default() -> None:
+    from autoft.config import PruningConfig
+
+    assert PruningConfig().tie_breaker == "none"
+    s = scheduler(stop_ties=False)
+    a, b = trials(s, "a", "b")
+    assert [feed_loss(s, a, 1, MAJORITY, 0.5), feed_loss(s, b, 1, MAJORITY, 0.9)] == [CONTINUE, CONTINUE]

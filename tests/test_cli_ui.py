@@ -52,3 +52,39 @@ def test_ui_stops_its_whole_server_on_a_signal(tmp_path, sig) -> None:
             if p is not None:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     p.kill()
+
+
+LEADER = """
+import os, time
+child = os.fork()
+if child == 0:
+    grandchild = os.fork()
+    if grandchild == 0:
+        os._exit(0)  # a zombie of the group: its parent never reaps it
+    os.setpgid(0, 0)  # the parent leaves the group, alive, so the zombie stays whatever PID 1 does
+    print(os.getpid(), flush=True)
+    time.sleep(600)
+    os._exit(0)
+time.sleep(600)
+"""
+
+
+def test_a_zombie_in_the_group_does_not_hold_the_stop() -> None:
+    from autoft.cli import _run_server
+
+    leader = subprocess.Popen([sys.executable, "-c", LEADER], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    outsider = int(leader.stdout.readline())
+    try:
+        zombies = [p for p in psutil.process_iter(["status"])
+                   if p.info["status"] == psutil.STATUS_ZOMBIE and os.getpgid(p.pid) == leader.pid]
+        assert zombies, "the group holds a zombie"
+        os.kill(leader.pid, signal.SIGTERM)  # the server exits by itself
+        t0 = time.monotonic()
+        _run_server(leader, grace_s=20)
+        assert time.monotonic() - t0 < 5, "waited on a zombie"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(outsider, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(leader.pid, signal.SIGKILL)

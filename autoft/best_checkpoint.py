@@ -35,6 +35,8 @@ def export_best(grid: Any, trial_id: str, metric: str, mode: str, search_dir: Pa
             if out.exists():
                 shutil.rmtree(out)
             shutil.copytree(source, out, ignore=shutil.ignore_patterns("optimizer.safetensors", "rng.safetensors"))
+            # Loaded afresh, not the search's: tokenizing left truncation on its backend, which
+            # save_pretrained would write into tokenizer.json (measured: max_length 128).
             load_tokenizer(model_path, trust_remote_code).save_pretrained(str(out))
             return out
     return None

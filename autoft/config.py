@@ -170,8 +170,9 @@ class PruningConfig(_Section):
                            "class all score the same); off (Ray's rule, ties go on) because it also stops slow "
                            "starters, the standard recipe among them")
     tie_breaker: Literal["none", "eval_loss"] = Field(
-        "none", description="asha: rank trials whose scores tie (all stuck on the majority class) by this "
-                            "metric, lower better, so the rung's usual share of them stops")
+        "eval_loss", description="asha: rank trials whose scores tie (all stuck on the majority class) by "
+                                 "this metric, lower better, so the rung's usual share of them stops; none: "
+                                 "ties all go on (Ray's rule)")
 
 
 class ResourcesConfig(_Section):

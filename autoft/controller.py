@@ -392,7 +392,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
                                    cfg.pruning.reduction_factor,
                                    _unfreeze_oracle(plan) if cfg.pruning.align_to_unfreezing else None,
                                    stop_ties=cfg.pruning.stop_ties,
-                                   tie_breaker=None if cfg.pruning.tie_breaker == "none" else cfg.pruning.tie_breaker)
+                                   tie_breaker=cfg.pruning.tie_breaker)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(

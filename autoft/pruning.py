@@ -61,7 +61,7 @@ def make_scheduler(name: str, max_t: int, grace_period: int, reduction_factor: f
     (see :class:`UnfreezeAlignedASHA`).
     ``stop_ties``: ASHA stops a trial that only ties its rung's cutoff (see :class:`TieStoppingASHA`).
     ``tie_breaker``: a reported metric, lower better (``eval_loss``), that ranks ASHA's trials
-    whose scores tie (see :meth:`TieStoppingASHA.ranked`); None: ties stay ties."""
+    whose scores tie (see :meth:`TieStoppingASHA.ranked`); None or "none": ties stay ties."""
     from ray.tune.schedulers import (
         FIFOScheduler,
         HyperBandScheduler,
@@ -69,6 +69,7 @@ def make_scheduler(name: str, max_t: int, grace_period: int, reduction_factor: f
     )
 
     grace = min(grace_period, max_t)
+    tie_breaker = None if tie_breaker == "none" else tie_breaker
     if name == "asha" and unfreezes_after is not None:
         return UnfreezeAlignedASHA(unfreezes_after, stop_ties=stop_ties, tie_breaker=tie_breaker,
                                    time_attr=TIME_ATTR, max_t=max_t, grace_period=grace,
@@ -99,6 +100,8 @@ class TieStoppingASHA(ASHAScheduler):
     ``stop_ties=False`` is Ray's rule, and autoft's default (``pruning.stop_ties``): side by side
     on SST-2 stopping ties needed fewer examples to the target but not less time, and in a small
     search it stopped the standard recipe at its first epoch, when it still sat at the floor.
+    What autoft does by default instead is rank tied trials by validation loss (``tie_breaker``,
+    :meth:`ranked`), so the rung's usual share of them goes on: those whose loss has come furthest.
     """
 
     def __init__(self, *, stop_ties: bool = True, tie_breaker: str | None = None, **kwargs: Any) -> None:

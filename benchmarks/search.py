@@ -71,8 +71,9 @@ VARIANTS = {
     "aligned": ["pruning.align_to_unfreezing=true"],
     "rf3": ["pruning.reduction_factor=3"],
     "grace2": ["pruning.grace_period=2"],
-    "rayties": ["pruning.stop_ties=false"],
-    "stopties": ["pruning.stop_ties=true"],
+    # Each as when its committed runs were made (before ties were ranked by loss by default).
+    "rayties": ["pruning.stop_ties=false", "pruning.tie_breaker=none"],
+    "stopties": ["pruning.stop_ties=true", "pruning.tie_breaker=none"],
     "losstie": ["pruning.tie_breaker=eval_loss"],
     "median": ["pruning.scheduler=median"],
     "nopruning": ["pruning.scheduler=none"],

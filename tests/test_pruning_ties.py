@@ -132,10 +132,21 @@ def test_the_breaker_is_ignored_where_it_cannot_rank() -> None:
     assert s.ranked({"m": 0.5, "eval_loss": float("inf")}) == {"m": 0.5, "eval_loss": float("inf")}
 
 
-def test_no_breaker_by_default() -> None:
-    from autoft.config import PruningConfig
-
-    assert PruningConfig().tie_breaker == "none"
+def test_without_a_breaker_ties_all_go_on() -> None:
     s = scheduler(stop_ties=False)
+    a, b = trials(s, "a", "b")
+    assert [feed_loss(s, a, 1, MAJORITY, 0.5), feed_loss(s, b, 1, MAJORITY, 0.9)] == [CONTINUE, CONTINUE]
+
+
+def test_the_default_ranks_ties_by_loss() -> None:
+    from autoft.config import PruningConfig, load_config
+
+    assert load_config(None, ["pruning.tie_breaker=none"]).pruning.tie_breaker == "none"
+    s = make_scheduler("asha", max_t=6, grace_period=1, reduction_factor=2, tie_breaker=PruningConfig().tie_breaker)
+    s.set_search_properties("m", "max")
+    a, b = trials(s, "a", "b")
+    assert [feed_loss(s, a, 1, MAJORITY, 0.5), feed_loss(s, b, 1, MAJORITY, 0.9)] == [CONTINUE, STOP]
+    s = make_scheduler("asha", max_t=6, grace_period=1, reduction_factor=2, tie_breaker="none")
+    s.set_search_properties("m", "max")
     a, b = trials(s, "a", "b")
     assert [feed_loss(s, a, 1, MAJORITY, 0.5), feed_loss(s, b, 1, MAJORITY, 0.9)] == [CONTINUE, CONTINUE]

@@ -533,7 +533,8 @@ def _open_tracking(cfg: ExperimentConfig, plan: SearchPlan, search_dir: Path, re
         "time_budget_s": cfg.search.time_budget_s,
         "max_concurrent": cfg.search.max_concurrent, "metric": cfg.search.metric, "mode": cfg.search.mode,
         "search_seed": cfg.search.seed, "grace_period": cfg.pruning.grace_period,
-        "reduction_factor": cfg.pruning.reduction_factor, "evals_per_epoch": plan.evals_per_epoch, **static},
+        "reduction_factor": cfg.pruning.reduction_factor, "stop_ties": cfg.pruning.stop_ties,
+        "tie_breaker": cfg.pruning.tie_breaker, "evals_per_epoch": plan.evals_per_epoch, **static},
         {"autoft.storage": str(search_dir)})
     config, space = config_to_dict(cfg), _space_dict(plan.space)
     tracker.log_dict(parent, config, "config.yaml")

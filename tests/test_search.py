@@ -45,6 +45,8 @@ def test_parent_and_exactly_one_child_per_trial(finished_search):
     assert parent.data.metrics["n_trials"] == N_TRIALS
     # The random start TPE used: max(3, min(10, 6 trials // 3)).
     assert parent.data.params["startup_trials"] == "3"
+    # How ASHA treated ties, for comparing searches in the MLflow UI.
+    assert (parent.data.params["stop_ties"], parent.data.params["tie_breaker"]) == ("False", "eval_loss")
 
 
 def test_children_have_aligned_params_metrics_and_status(finished_search):

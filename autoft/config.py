@@ -167,8 +167,8 @@ class PruningConfig(_Section):
         False, description="asha: a trial is not judged at a rung just before it unfreezes more blocks")
     stop_ties: bool = Field(
         False, description="asha: stop a trial that only ties its rung's cutoff (trials stuck on the majority "
-                           "class all score the same); off (Ray's rule, ties go on) because it also stops slow "
-                           "starters, the standard recipe among them")
+                           "class all score the same), of the ties tie_breaker leaves (all, with tie_breaker none); "
+                           "off because it also stops slow starters, the standard recipe among them")
     tie_breaker: Literal["none", "eval_loss"] = Field(
         "eval_loss", description="asha: rank trials whose scores tie (all stuck on the majority class) by "
                                  "this metric, lower better, so the rung's usual share of them stops; none: "

@@ -10,6 +10,7 @@ intermediate values) and diverged or crashed ones as FAIL.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -45,9 +46,10 @@ def make_sampler(name: str, seed: int, startup_trials: int | None = None) -> Any
 
 
 TIME_ATTR = "eval_step"
-# Orders tied scores only: far below a difference between two scores that could matter (one
-# example in a million changes accuracy by 1e-6), far above float64's resolution near 1 (1e-16).
-TIE_NUDGE = 1e-12
+# The most a tie-breaker moves a score: far below a difference between two scores that could
+# matter (one example in a million changes accuracy by 1e-6), yet losses 1e-4 apart still move a
+# score near 1 by ~3e-14, far above float64's resolution there (~1e-16), so they do not tie.
+TIE_NUDGE = 1e-9
 
 
 def make_scheduler(name: str, max_t: int, grace_period: int, reduction_factor: float,
@@ -88,15 +90,17 @@ def make_scheduler(name: str, max_t: int, grace_period: int, reduction_factor: f
 
 
 class TieStoppingASHA(ASHAScheduler):
-    """Ray's ASHA, except that a trial must beat its rung's cutoff, not just equal it.
+    """Ray's ASHA with two ways to treat trials that tie: rank them by a second metric
+    (``tie_breaker``, autoft's default: validation loss), or stop a trial that only equals its
+    rung's cutoff (``stop_ties``, off by default).
 
     Ray continues a trial unless it scores *below* the cutoff, so every trial that ties
     it is promoted. In fine-tuning ties are not rare: a trial that has not yet left the
     majority class scores exactly what every other such trial scores, and once half a
     rung holds that score the cutoff is that score and all of them train on. On SST-2
     (autoft's benchmark) a third to a half of the examples before the target went to
-    evaluations at that floor; TREC's six-class scores never tied. A trial that ties is
-    stopped, so at most the rung's top 1/reduction_factor share goes on.
+    evaluations at that floor; TREC's six-class scores never tied. With ``stop_ties`` a trial
+    that ties is stopped, so at most the rung's top 1/reduction_factor share goes on.
     ``stop_ties=False`` is Ray's rule, and autoft's default (``pruning.stop_ties``): side by side
     on SST-2 stopping ties needed fewer examples to the target but not less time, and in a small
     search it stopped the standard recipe at its first epoch, when it still sat at the floor.
@@ -111,17 +115,18 @@ class TieStoppingASHA(ASHAScheduler):
 
     def ranked(self, result: dict) -> dict:
         """The result as the rungs rank it. With a tie-breaker (lower better, e.g. ``eval_loss``)
-        the score loses ``TIE_NUDGE * b / (1 + b)`` of the breaker's value ``b``: less than any
-        real difference between two scores, so it orders only trials that tie, and trials stuck on
-        the majority class, all at the same F1, are ranked by how far their loss has come instead
-        of all going on (or, with ``stop_ties``, all stopping). Ray records what this returns."""
+        the score is made worse by ``TIE_NUDGE * b / (1 + b)`` of the breaker's value ``b``: less
+        than any real difference between two scores, so it orders only trials that tie, and trials
+        stuck on the majority class, all at the same F1, are ranked by how far their loss has come
+        instead of all going on (or, with ``stop_ties`` as well, all stopping). A result without
+        a finite breaker (a diverged trial) ranks last among its ties. Ray records what this returns."""
         breaker = getattr(self, "_tie_breaker", None)  # None in a scheduler pickled before it
         if not breaker or breaker == self._metric or self._metric not in result:
             return result
         b = result.get(breaker)
-        if not isinstance(b, (int, float)) or not math.isfinite(b) or b < 0:
-            return result
-        return {**result, self._metric: result[self._metric] - self._metric_op * TIE_NUDGE * b / (1 + b)}
+        usable = isinstance(b, numbers.Real) and not isinstance(b, bool) and math.isfinite(b)
+        share = max(0.0, float(b)) / (1 + max(0.0, float(b))) if usable else 1.0
+        return {**result, self._metric: result[self._metric] - self._metric_op * TIE_NUDGE * share}
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
         super().on_trial_complete(tune_controller, trial, self.ranked(result))

@@ -62,6 +62,7 @@ if child == 0:
     if grandchild == 0:
         os._exit(0)  # a zombie of the group: its parent never reaps it
     os.setpgid(0, 0)  # the parent leaves the group, alive, so the zombie stays whatever PID 1 does
+    os.waitid(os.P_PID, grandchild, os.WEXITED | os.WNOWAIT)  # exited, and left unreaped
     print(os.getpid(), flush=True)
     time.sleep(600)
     os._exit(0)
@@ -76,8 +77,14 @@ def test_a_zombie_in_the_group_does_not_hold_the_stop() -> None:
                               start_new_session=True)
     outsider = int(leader.stdout.readline())
     try:
+        def in_group(pid: int) -> bool:
+            try:
+                return os.getpgid(pid) == leader.pid
+            except ProcessLookupError:  # someone else's, reaped meanwhile
+                return False
+
         zombies = [p for p in psutil.process_iter(["status"])
-                   if p.info["status"] == psutil.STATUS_ZOMBIE and os.getpgid(p.pid) == leader.pid]
+                   if p.info["status"] == psutil.STATUS_ZOMBIE and in_group(p.pid)]
         assert zombies, "the group holds a zombie"
         os.kill(leader.pid, signal.SIGTERM)  # the server exits by itself
         t0 = time.monotonic()

@@ -116,20 +116,36 @@ def test_a_completed_trial_is_recorded_as_ranked() -> None:
     s = loss_ranked()
     a, b = trials(s, "a", "b")
     s.on_trial_complete(None, a, {TIME_ATTR: 1, "m": MAJORITY, "eval_loss": 0.5})
-    assert feed_loss(s, b, 1, MAJORITY, 0.6) == STOP  # behind a on the loss a completed with
+    # Ahead of a on loss: were a recorded unranked, at its exact F1, b's ranked score would be lower.
+    assert feed_loss(s, b, 1, MAJORITY, 0.4) == CONTINUE
 
 
-def test_the_breaker_is_ignored_where_it_cannot_rank() -> None:
-    # The metric is the loss itself; a result without the breaker, or with a non-finite one.
-    s = loss_ranked(mode="min", metric="eval_loss")
-    a, b = trials(s, "a", "b")
-    assert s.on_trial_result(None, a, {TIME_ATTR: 1, "eval_loss": 0.6}) == CONTINUE
-    assert s.on_trial_result(None, b, {TIME_ATTR: 1, "eval_loss": 0.6}) == CONTINUE  # Ray's rule
+def test_losses_close_together_still_rank() -> None:
     s = loss_ranked()
-    a, b, c = trials(s, "a", "b", "c")
-    assert feed(s, a, 1, MAJORITY) == CONTINUE
-    assert feed_loss(s, b, 1, MAJORITY, float("nan")) == CONTINUE
-    assert s.ranked({"m": 0.5, "eval_loss": float("inf")}) == {"m": 0.5, "eval_loss": float("inf")}
+    a, b = trials(s, "a", "b")
+    assert feed_loss(s, a, 1, MAJORITY, 0.6931) == CONTINUE
+    assert feed_loss(s, b, 1, MAJORITY, 0.6932) == STOP
+
+
+def test_a_result_without_a_usable_breaker_ranks_last_among_its_ties() -> None:
+    s = loss_ranked()
+    tied = {"m": MAJORITY, "eval_loss": 50.0}
+    for loss in (None, float("nan"), float("inf"), "0.5", True):
+        result = {"m": MAJORITY} if loss is None else {"m": MAJORITY, "eval_loss": loss}
+        assert s.ranked(result)["m"] < s.ranked(tied)["m"] < MAJORITY, loss
+    assert s.ranked({"m": MAJORITY + 1e-6})["m"] > MAJORITY  # still above a real lower score
+    a, b = trials(s, "a", "b")
+    assert feed_loss(s, a, 1, MAJORITY, 0.69) == CONTINUE
+    assert s.on_trial_result(None, b, {TIME_ATTR: 1, "m": MAJORITY}) == STOP  # diverged: no loss
+
+
+def test_the_breaker_is_ignored_when_it_is_the_metric() -> None:
+    s = loss_ranked(mode="min", metric="eval_loss")
+    result = {TIME_ATTR: 1, "eval_loss": 0.6}
+    assert s.ranked(result) is result
+    s = loss_ranked()
+    result = {TIME_ATTR: 1, "eval_loss": 0.6}  # no score to rank
+    assert s.ranked(result) is result
 
 
 def test_without_a_breaker_ties_all_go_on() -> None:

@@ -99,7 +99,7 @@ class TieStoppingASHA(ASHAScheduler):
     majority class scores exactly what every other such trial scores, and once half a
     rung holds that score the cutoff is that score and all of them train on. On SST-2
     (autoft's benchmark) a third to a half of the examples before the target went to
-    evaluations at that floor; TREC's six-class scores never tied. With ``stop_ties`` a trial
+    evaluations at that floor (TREC ties too, less often). With ``stop_ties`` a trial
     that ties is stopped, so at most the rung's top 1/reduction_factor share goes on.
     ``stop_ties=False`` is Ray's rule, and autoft's default (``pruning.stop_ties``): side by side
     on SST-2 stopping ties needed fewer examples to the target but not less time, and in a small

@@ -96,7 +96,9 @@ def killed_then_resumed(tmp_path_factory, tiny_model, tiny_data):
         return len(done) >= 2 and any(r.info.status == "RUNNING" for r in runs)
 
     storage, before, search_id = _kill_mid_search(tmp_path_factory.mktemp("resume"), tiny_model, tiny_data, ready)
-    return _resume(storage, search_id)[0], storage, search_id, before
+    result, said = _resume(storage, search_id)
+    # What the resume printed, for a failure's message: it says how the two states were reconciled.
+    return {**result, "stderr_tail": said[-3000:]}, storage, search_id, before
 
 
 def _assert_nothing_lost_nothing_twice(result: dict, storage: Path, search_id: str) -> None:
@@ -105,7 +107,7 @@ def _assert_nothing_lost_nothing_twice(result: dict, storage: Path, search_id: s
 
     runs = _trial_runs(storage / "mlflow.db")
     numbers = sorted(int(r.data.tags["autoft.optuna_trial"]) for r in runs)
-    assert numbers == list(range(N)), "exactly one MLflow run per Optuna trial"
+    assert numbers == list(range(N)), "exactly one MLflow run per Optuna trial\n" + result.get("stderr_tail", "")
     assert all(r.info.status in ("FINISHED", "FAILED") for r in runs), [r.info.status for r in runs]
     assert all(r.data.tags["autoft.status"] in ("completed", "pruned", "failed") for r in runs)
     assert all(r.data.tags["mlflow.parentRunId"] == result["mlflow_run_id"] for r in runs)

@@ -108,7 +108,7 @@ class TieStoppingASHA(ASHAScheduler):
     :meth:`ranked`), so the rung's usual share of them goes on: those whose loss has come furthest.
     """
 
-    def __init__(self, *, stop_ties: bool = True, tie_breaker: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, stop_ties: bool = False, tie_breaker: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._stop_ties = stop_ties
         self._tie_breaker = tie_breaker
@@ -124,8 +124,10 @@ class TieStoppingASHA(ASHAScheduler):
         if not breaker or breaker == self._metric or self._metric not in result:
             return result
         b = result.get(breaker)
-        usable = isinstance(b, numbers.Real) and not isinstance(b, bool) and math.isfinite(b)
-        share = max(0.0, float(b)) / (1 + max(0.0, float(b))) if usable else 1.0
+        share = 1.0  # no finite loss: last among its ties
+        if isinstance(b, numbers.Real) and not isinstance(b, bool) and math.isfinite(b):
+            b = max(0.0, float(b))
+            share = b / (1 + b)
         return {**result, self._metric: result[self._metric] - self._metric_op * TIE_NUDGE * share}
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:

@@ -280,8 +280,17 @@ def _tune_environment() -> Any:
 
 
 def _run(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: str, resume: _Resume | None) -> SearchResult:
-    with _tune_environment():
+    from autoft.study_storage import study_found_at
+
+    # A resumed search's saved searcher names the study's database where the folder was when
+    # the search started; it may have been moved or copied since (see autoft.study_storage).
+    found = study_found_at(_study_url(cfg)) if resume is not None else contextlib.nullcontext()
+    with _tune_environment(), found:
         return _run_search(cfg, echo, plan, search_id, resume)
+
+
+def _study_url(cfg: ExperimentConfig) -> str:
+    return f"sqlite:///{Path(cfg.storage).expanduser().resolve() / 'optuna.db'}"
 
 
 def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: str,
@@ -330,6 +339,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
         make_scheduler,
     )
     from autoft.ray_trainable import tune_trial
+    from autoft.study_storage import SearchStudyStorage
     from autoft.tracking import log_best_model
 
     static = {"model": str(cfg.model.path), "dataset": plan.text.identity["train"],
@@ -382,7 +392,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
         searcher = PruneAwareOptunaSearch(
             space=plan.space.define_by_run(), metric=metric, mode=mode,
             sampler=make_sampler(cfg.search.sampler, cfg.search.seed, cfg.search.resolved_startup_trials()),
-            study_name=search_id, storage=optuna.storages.RDBStorage(f"sqlite:///{storage / 'optuna.db'}"),
+            study_name=search_id, storage=SearchStudyStorage(_study_url(cfg)),
             points_to_evaluate=plan.space.starting_points() if cfg.search.warm_start else None,
             num_trials=cfg.search.num_trials,
         )

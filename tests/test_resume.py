@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,13 +90,22 @@ def _resume(storage: Path, search_id: str) -> tuple[dict, str]:
 
 
 @pytest.fixture(scope="module")
-def killed_then_resumed(tmp_path_factory, tiny_model, tiny_data):
+def killed(tmp_path_factory, tiny_model, tiny_data):
+    """A search killed mid-way, and a copy of its storage folder as the kill left it."""
     def ready(storage: Path, runs: list) -> bool:
         # Kill once some trials have finished and others are mid-flight.
         done = [r for r in runs if r.info.status != "RUNNING"]
         return len(done) >= 2 and any(r.info.status == "RUNNING" for r in runs)
 
     storage, before, search_id = _kill_mid_search(tmp_path_factory.mktemp("resume"), tiny_model, tiny_data, ready)
+    as_killed = tmp_path_factory.mktemp("as-killed") / "runs"
+    shutil.copytree(storage, as_killed)  # nothing writes to it: the driver and its Ray are dead
+    return storage, before, search_id, as_killed
+
+
+@pytest.fixture(scope="module")
+def killed_then_resumed(killed):
+    storage, before, search_id, _ = killed
     result, said = _resume(storage, search_id)
     # What the resume printed, for a failure's message: it says how the two states were reconciled.
     return {**result, "stderr_tail": said[-3000:]}, storage, search_id, before
@@ -129,6 +139,28 @@ def test_nothing_lost_nothing_twice(killed_then_resumed):
     result, storage, search_id, before = killed_then_resumed
     assert "RUNNING" in before.values(), "the kill left trials running (the case resume must handle)"
     _assert_nothing_lost_nothing_twice(result, storage, search_id)
+
+
+def _study_record(storage: Path, search_id: str) -> list:
+    import optuna
+
+    study = optuna.load_study(study_name=search_id, storage=f"sqlite:///{storage / 'optuna.db'}")
+    return [(t.number, t.state, sorted(t.user_attrs.items()), t.intermediate_values) for t in study.trials]
+
+
+def test_a_moved_search_resumes_against_its_own_study(killed, tmp_path):
+    """A search folder copied elsewhere (off a cluster's scratch disk, renamed) resumes with its
+    own Optuna study, MLflow store and Ray state. Ray's pickled searcher names the study's
+    database where the search started: followed, the copy's trials went into the original's
+    study (or, with the original gone, the resume failed)."""
+    storage, _, search_id, as_killed = killed
+    moved = tmp_path / "elsewhere" / "runs"
+    shutil.copytree(as_killed, moved)
+    original = _study_record(storage, search_id)
+    result, said = _resume(moved, search_id)
+    _assert_nothing_lost_nothing_twice({**result, "stderr_tail": said[-3000:]}, moved, search_id)
+    assert Path(result["best_checkpoint"]).is_relative_to(moved)
+    assert _study_record(storage, search_id) == original, "the original search's study was written to"
 
 
 def test_one_parent_run_reattached(killed_then_resumed):

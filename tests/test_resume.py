@@ -7,6 +7,7 @@ none RUNNING, no Ray trial id reused by two Optuna trials.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -91,21 +92,30 @@ def _resume(storage: Path, search_id: str) -> tuple[dict, str]:
 
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory, tiny_model, tiny_data):
-    """A search killed mid-way, and a copy of its storage folder as the kill left it."""
+    """A search killed mid-way; a copy of its storage folder as the kill left it; and the
+    last of Ray's saved trial lists seen while it held only the first two trials."""
+    early: list[bytes] = []
+
     def ready(storage: Path, runs: list) -> bool:
-        # Kill once some trials have finished and others are mid-flight.
+        state, saved = _newest_state(storage), 0
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # none yet, or mid-write
+            text = state.read_bytes()
+            saved = len(json.loads(text)["trial_data"])
+            if saved == 2 and len(runs) <= 2:
+                early[:] = [text]
+        # Kill once some trials have finished and others are mid-flight, and Ray has saved them.
         done = [r for r in runs if r.info.status != "RUNNING"]
-        return len(done) >= 2 and any(r.info.status == "RUNNING" for r in runs)
+        return len(done) >= 2 and any(r.info.status == "RUNNING" for r in runs) and saved >= 4
 
     storage, before, search_id = _kill_mid_search(tmp_path_factory.mktemp("resume"), tiny_model, tiny_data, ready)
     as_killed = tmp_path_factory.mktemp("as-killed") / "runs"
     shutil.copytree(storage, as_killed)  # nothing writes to it: the driver and its Ray are dead
-    return storage, before, search_id, as_killed
+    return storage, before, search_id, as_killed, early[0] if early else None
 
 
 @pytest.fixture(scope="module")
 def killed_then_resumed(killed):
-    storage, before, search_id, _ = killed
+    storage, before, search_id, *_ = killed
     result, said = _resume(storage, search_id)
     # What the resume printed, for a failure's message: it says how the two states were reconciled.
     return {**result, "stderr_tail": said[-3000:]}, storage, search_id, before
@@ -153,7 +163,7 @@ def test_a_moved_search_resumes_against_its_own_study(killed, tmp_path):
     own Optuna study, MLflow store and Ray state. Ray's pickled searcher names the study's
     database where the search started: followed, the copy's trials went into the original's
     study (or, with the original gone, the resume failed)."""
-    storage, _, search_id, as_killed = killed
+    storage, _, search_id, as_killed, _ = killed
     moved = tmp_path / "elsewhere" / "runs"
     shutil.copytree(as_killed, moved)
     original = _study_record(storage, search_id)
@@ -161,6 +171,21 @@ def test_a_moved_search_resumes_against_its_own_study(killed, tmp_path):
     _assert_nothing_lost_nothing_twice({**result, "stderr_tail": said[-3000:]}, moved, search_id)
     assert Path(result["best_checkpoint"]).is_relative_to(moved)
     assert _study_record(storage, search_id) == original, "the original search's study was written to"
+
+
+def test_a_torn_state_save_is_repaired(killed, tmp_path):
+    """The driver died after Ray saved the searcher's state (four trials asked) but before the
+    copy of its trial list (two trials) reached storage: Ray restores two trials, the searcher
+    holds four. The resume drops the two Ray never restarts and runs their Optuna trials again,
+    so the invariant holds (see autoft.reconcile)."""
+    _, _, search_id, as_killed, early = killed
+    assert early is not None, "no saved trial list with only the first two trials was seen"
+    torn = tmp_path / "torn" / "runs"
+    shutil.copytree(as_killed, torn)
+    _newest_state(torn).write_bytes(early)  # the kill came once Ray had saved four trials
+    result, said = _resume(torn, search_id)
+    assert "came from different saves" in said, said[-3000:]
+    _assert_nothing_lost_nothing_twice({**result, "stderr_tail": said[-3000:]}, torn, search_id)
 
 
 def test_one_parent_run_reattached(killed_then_resumed):

@@ -222,6 +222,7 @@ def resume_search(target: str, storage: str = "autoft-runs", echo: Any = print,
                              "and evaluation cadence",
                              "start a new search to change it")
     _check_unfinished(search_dir)
+    _check_not_moved(search_dir, state)
     # The search continues where its files are, whatever the current folder is.
     cfg = cfg.model_copy(update={"storage": str(search_dir.parent)})
     plan = plan_search(cfg)
@@ -252,6 +253,22 @@ def _check_unfinished(search_dir: Path) -> None:
                          "start a new search to run more trials: autoft search ...")
 
 
+def _check_not_moved(search_dir: Path, state: dict[str, Any]) -> None:
+    """Refuse a search folder moved or copied since the search started. Ray's saved state
+    (the searcher's Optuna database, the folders of trials still to come) and MLflow's
+    artifact location name the old folder by its absolute path, so a resume from the copy
+    would write into the original's records, or fail if it is gone."""
+    started = state.get("search_dir")
+    if started is None:  # written before the folder was recorded: the storage, if absolute
+        storage = Path(_dig(state, "config.storage") or "")
+        started = str(storage / search_dir.name) if storage.is_absolute() else None
+    if started is not None and Path(started).resolve() != search_dir.resolve():
+        raise InputError("NAME_OR_PATH", f"search {search_dir.name} was started in {started} and is now in "
+                         f"{search_dir}; its saved Ray, Optuna and MLflow state name the old folder, so a resume "
+                         "here would write into it", f"move the storage folder back to {Path(started).parent} "
+                         "and resume it there")
+
+
 def _dig(d: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         d = d.get(part) if isinstance(d, dict) else None  # type: ignore[assignment]
@@ -280,17 +297,8 @@ def _tune_environment() -> Any:
 
 
 def _run(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: str, resume: _Resume | None) -> SearchResult:
-    from autoft.study_storage import study_found_at
-
-    # A resumed search's saved searcher names the study's database where the folder was when
-    # the search started; it may have been moved or copied since (see autoft.study_storage).
-    found = study_found_at(_study_url(cfg)) if resume is not None else contextlib.nullcontext()
-    with _tune_environment(), found:
+    with _tune_environment():
         return _run_search(cfg, echo, plan, search_id, resume)
-
-
-def _study_url(cfg: ExperimentConfig) -> str:
-    return f"sqlite:///{Path(cfg.storage).expanduser().resolve() / 'optuna.db'}"
 
 
 def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: str,
@@ -339,7 +347,6 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
         make_scheduler,
     )
     from autoft.ray_trainable import tune_trial
-    from autoft.study_storage import SearchStudyStorage
     from autoft.tracking import log_best_model
 
     static = {"model": str(cfg.model.path), "dataset": plan.text.identity["train"],
@@ -392,7 +399,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
         searcher = PruneAwareOptunaSearch(
             space=plan.space.define_by_run(), metric=metric, mode=mode,
             sampler=make_sampler(cfg.search.sampler, cfg.search.seed, cfg.search.resolved_startup_trials()),
-            study_name=search_id, storage=SearchStudyStorage(_study_url(cfg)),
+            study_name=search_id, storage=optuna.storages.RDBStorage(f"sqlite:///{storage / 'optuna.db'}"),
             points_to_evaluate=plan.space.starting_points() if cfg.search.warm_start else None,
             num_trials=cfg.search.num_trials,
         )
@@ -551,8 +558,8 @@ def _open_tracking(cfg: ExperimentConfig, plan: SearchPlan, search_dir: Path, re
     tracker.log_dict(parent, space, "space.yaml")
     search_dir.mkdir(parents=True, exist_ok=True)
     _write_json(search_dir / STATE_FILE, {
-        "search_id": search_id, "parent_run_id": parent, "experiment_id": tracker.experiment_id,
-        "tracking_uri": tracking_uri, "config": config, "space": space,
+        "search_id": search_id, "search_dir": str(search_dir), "parent_run_id": parent,
+        "experiment_id": tracker.experiment_id, "tracking_uri": tracking_uri, "config": config, "space": space,
         "created": dt.datetime.now().isoformat(timespec="seconds")})
     return tracker, parent, log
 

@@ -57,13 +57,16 @@ def make_tiny_bert(target: Path, vocab: list[str], seed: int = 0) -> Path:
     return target
 
 
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("data")
+def tiny_data_in(root: Path) -> dict[str, Path]:
     train = read_rows(SMS / "train.csv", 160)
     val = read_rows(SMS / "validation.csv", 64)
     return {"train": write_csv(root / "train.csv", train), "validation": write_csv(root / "validation.csv", val),
             "rows": root}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return tiny_data_in(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="session")

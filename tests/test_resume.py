@@ -7,7 +7,6 @@ none RUNNING, no Ray trial id reused by two Optuna trials.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -92,30 +91,21 @@ def _resume(storage: Path, search_id: str) -> tuple[dict, str]:
 
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory, tiny_model, tiny_data):
-    """A search killed mid-way; a copy of its storage folder as the kill left it; and the
-    last of Ray's saved trial lists seen while it held only the first two trials."""
-    early: list[bytes] = []
-
+    """A search killed mid-way, and a copy of its storage folder as the kill left it."""
     def ready(storage: Path, runs: list) -> bool:
-        state, saved = _newest_state(storage), 0
-        with contextlib.suppress(OSError, ValueError, AttributeError):  # none yet, or mid-write
-            text = state.read_bytes()
-            saved = len(json.loads(text)["trial_data"])
-            if saved == 2 and len(runs) <= 2:
-                early[:] = [text]
-        # Kill once some trials have finished and others are mid-flight, and Ray has saved them.
+        # Kill once some trials have finished and others are mid-flight.
         done = [r for r in runs if r.info.status != "RUNNING"]
-        return len(done) >= 2 and any(r.info.status == "RUNNING" for r in runs) and saved >= 4
+        return len(done) >= 2 and any(r.info.status == "RUNNING" for r in runs)
 
     storage, before, search_id = _kill_mid_search(tmp_path_factory.mktemp("resume"), tiny_model, tiny_data, ready)
     as_killed = tmp_path_factory.mktemp("as-killed") / "runs"
     shutil.copytree(storage, as_killed)  # nothing writes to it: the driver and its Ray are dead
-    return storage, before, search_id, as_killed, early[0] if early else None
+    return storage, before, search_id, as_killed
 
 
 @pytest.fixture(scope="module")
 def killed_then_resumed(killed):
-    storage, before, search_id, *_ = killed
+    storage, before, search_id, _ = killed
     result, said = _resume(storage, search_id)
     # What the resume printed, for a failure's message: it says how the two states were reconciled.
     return {**result, "stderr_tail": said[-3000:]}, storage, search_id, before
@@ -151,41 +141,42 @@ def test_nothing_lost_nothing_twice(killed_then_resumed):
     _assert_nothing_lost_nothing_twice(result, storage, search_id)
 
 
-def _study_record(storage: Path, search_id: str) -> list:
-    import optuna
-
-    study = optuna.load_study(study_name=search_id, storage=f"sqlite:///{storage / 'optuna.db'}")
-    return [(t.number, t.state, sorted(t.user_attrs.items()), t.intermediate_values) for t in study.trials]
+def _records(storage: Path) -> dict[str, bytes]:
+    return {name: (storage / name).read_bytes() for name in ("optuna.db", "mlflow.db")}
 
 
-def test_a_moved_search_resumes_against_its_own_study(killed, tmp_path):
-    """A search folder copied elsewhere (off a cluster's scratch disk, renamed) resumes with its
-    own Optuna study, MLflow store and Ray state. Ray's pickled searcher names the study's
-    database where the search started: followed, the copy's trials went into the original's
-    study (or, with the original gone, the resume failed)."""
-    storage, _, search_id, as_killed, _ = killed
+def test_a_moved_search_is_refused_and_nothing_is_written(killed, tmp_path):
+    """A search folder copied elsewhere (off a cluster's scratch disk, renamed): Ray's saved
+    searcher names the Optuna database, and its saved experiment the folders of trials to come,
+    by the old absolute path (MLflow its artifact location too), so a resume of the copy wrote
+    its trials into the original's study. Refused before anything starts, with one line."""
+    storage, _, search_id, as_killed = killed
     moved = tmp_path / "elsewhere" / "runs"
     shutil.copytree(as_killed, moved)
-    original = _study_record(storage, search_id)
-    result, said = _resume(moved, search_id)
-    _assert_nothing_lost_nothing_twice({**result, "stderr_tail": said[-3000:]}, moved, search_id)
-    assert Path(result["best_checkpoint"]).is_relative_to(moved)
-    assert _study_record(storage, search_id) == original, "the original search's study was written to"
+    original, copy = _records(storage), _records(moved)
+    res = subprocess.run(AUTOFT + ["resume", search_id, "--storage", str(moved)], env=_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr[-2000:]
+    line = res.stderr.strip()
+    assert line.startswith(f"error: NAME_OR_PATH: search {search_id} was started in {storage / search_id}"), line
+    assert f"move the storage folder back to {storage}" in line and "\n" not in line, line
+    assert _records(storage) == original and _records(moved) == copy
 
 
-def test_a_torn_state_save_is_repaired(killed, tmp_path):
-    """The driver died after Ray saved the searcher's state (four trials asked) but before the
-    copy of its trial list (two trials) reached storage: Ray restores two trials, the searcher
-    holds four. The resume drops the two Ray never restarts and runs their Optuna trials again,
-    so the invariant holds (see autoft.reconcile)."""
-    _, _, search_id, as_killed, early = killed
-    assert early is not None, "no saved trial list with only the first two trials was seen"
-    torn = tmp_path / "torn" / "runs"
-    shutil.copytree(as_killed, torn)
-    _newest_state(torn).write_bytes(early)  # the kill came once Ray had saved four trials
-    result, said = _resume(torn, search_id)
-    assert "came from different saves" in said, said[-3000:]
-    _assert_nothing_lost_nothing_twice({**result, "stderr_tail": said[-3000:]}, torn, search_id)
+def test_a_search_recorded_before_its_folder_was_is_judged_by_its_storage(killed):
+    """State files written before ``search_dir`` was recorded: an absolute ``config.storage``
+    tells where the search started; a relative one cannot, and the resume goes ahead."""
+    from autoft.controller import STATE_FILE, _check_not_moved
+    from autoft.errors import InputError
+
+    storage, _, search_id, as_killed = killed
+    state = json.loads((as_killed / search_id / STATE_FILE).read_text())
+    old = {k: v for k, v in state.items() if k != "search_dir"}
+    assert old["config"]["storage"] == str(storage)
+    with pytest.raises(InputError, match="was started in"):
+        _check_not_moved(as_killed / search_id, old)
+    _check_not_moved(storage / search_id, old)
+    _check_not_moved(as_killed / search_id, {**old, "config": {**old["config"], "storage": "autoft-runs"}})
 
 
 def test_one_parent_run_reattached(killed_then_resumed):

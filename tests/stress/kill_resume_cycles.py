@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -32,7 +34,7 @@ TESTS = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(TESTS), str(TESTS.parent)]
 
 import test_resume as tr  # noqa: E402  (needs the path above)
-from conftest import SMS, build_vocab, make_tiny_bert, read_rows, write_csv  # noqa: E402
+from conftest import SMS, build_vocab, make_tiny_bert, read_rows, tiny_data_in  # noqa: E402
 
 
 def killer(want_done: int, delay_s: float):
@@ -44,7 +46,8 @@ def killer(want_done: int, delay_s: float):
         done = sum(r.info.status != "RUNNING" for r in runs)
         if done < want_done or not runs:
             return False
-        since or since.append(time.time())
+        if not since:
+            since.append(time.time())
         return time.time() - since[0] >= delay_s
 
     return ready
@@ -57,13 +60,21 @@ def cycle(folder: Path, model: Path, data: dict, want_done: int, delay_s: float)
         raise
     except BaseException as exc:  # pytest.fail's exception is a BaseException
         return False, f"the search could not be killed mid-way: {str(exc)[:300]}", {}
-    resumed = subprocess.run(tr.AUTOFT + ["resume", search_id, "--storage", str(storage), "--json"],
-                             env=tr._env(), capture_output=True, text=True, timeout=900)
-    (folder / "resume.stderr").write_text(resumed.stderr)
-    said = " | ".join(line for line in resumed.stderr.splitlines() if line.startswith("resume:"))
+    # Its own session, so that a hung resume goes with its local Ray.
+    proc = subprocess.Popen(tr.AUTOFT + ["resume", search_id, "--storage", str(storage), "--json"],
+                            env=tr._env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
-        assert resumed.returncode == 0, f"resume exited {resumed.returncode}"
-        tr._assert_nothing_lost_nothing_twice(json.loads(resumed.stdout.strip().splitlines()[-1]), storage, search_id)
+        out, err = proc.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        err += "\n(the resume hung for 900 s and was killed)"
+    (folder / "resume.stderr").write_text(err)
+    said = " | ".join(line for line in err.splitlines() if line.startswith("resume:"))
+    try:
+        assert proc.returncode == 0, f"resume exited {proc.returncode}"
+        tr._assert_nothing_lost_nothing_twice(json.loads((out.strip().splitlines() or [""])[-1]), storage, search_id)
     except (AssertionError, ValueError, TypeError) as exc:
         return False, f"{type(exc).__name__}: {str(exc)[:300]} {said}", before
     return True, said, before
@@ -78,8 +89,7 @@ def main() -> int:
     rng = random.Random(args.seed)
     args.root.mkdir(parents=True, exist_ok=True)
     model = make_tiny_bert(args.root / "model", build_vocab(read_rows(SMS / "train.csv", 2000)))
-    data = {"train": write_csv(args.root / "data/train.csv", read_rows(SMS / "train.csv", 160)),
-            "validation": write_csv(args.root / "data/validation.csv", read_rows(SMS / "validation.csv", 64))}
+    data = tiny_data_in(args.root / "data")
     failed = 0
     for n in range(args.cycles):
         want_done, delay_s = rng.choice([0, 1, 2, 2, 3, 4]), rng.uniform(0, 4)

@@ -82,11 +82,24 @@ def _kill_mid_search(root: Path, tiny_model: Path, tiny_data: dict, ready: Any,
     return storage, before, search_id
 
 
+def _run_resume(storage: Path, search_id: str, timeout_s: float = 600) -> tuple[int, str, str]:
+    """``autoft resume --json``: exit status, stdout, stderr. It runs in its own session, so a
+    resume that hangs past ``timeout_s`` is killed with the local Ray it started."""
+    proc = subprocess.Popen(AUTOFT + ["resume", search_id, "--storage", str(storage), "--json"], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        err += f"\n(the resume hung for {timeout_s:g} s and was killed)"
+    return proc.returncode, out, err
+
+
 def _resume(storage: Path, search_id: str) -> tuple[dict, str]:
-    resumed = subprocess.run(AUTOFT + ["resume", search_id, "--storage", str(storage), "--json"], env=_env(),
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    return json.loads(resumed.stdout.strip().splitlines()[-1]), resumed.stderr
+    returncode, out, err = _run_resume(storage, search_id)
+    assert returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1]), err
 
 
 @pytest.fixture(scope="module")

@@ -21,11 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -60,20 +57,11 @@ def cycle(folder: Path, model: Path, data: dict, want_done: int, delay_s: float)
         raise
     except BaseException as exc:  # pytest.fail's exception is a BaseException
         return False, f"the search could not be killed mid-way: {str(exc)[:300]}", {}
-    # Its own session, so that a hung resume goes with its local Ray.
-    proc = subprocess.Popen(tr.AUTOFT + ["resume", search_id, "--storage", str(storage), "--json"],
-                            env=tr._env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=900)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        err += "\n(the resume hung for 900 s and was killed)"
+    returncode, out, err = tr._run_resume(storage, search_id, timeout_s=900)
     (folder / "resume.stderr").write_text(err)
     said = " | ".join(line for line in err.splitlines() if line.startswith("resume:"))
     try:
-        assert proc.returncode == 0, f"resume exited {proc.returncode}"
+        assert returncode == 0, f"resume exited {returncode}"
         tr._assert_nothing_lost_nothing_twice(json.loads((out.strip().splitlines() or [""])[-1]), storage, search_id)
     except (AssertionError, ValueError, TypeError) as exc:
         return False, f"{type(exc).__name__}: {str(exc)[:300]} {said}", before

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoft import ray_state
 from autoft.best_checkpoint import drop_trial_checkpoints, export_best, score_test
 from autoft.cadence import cadence_note, largest_batch_size, resolve_evals_per_epoch
 from autoft.config import UNBOUNDED_TRIALS, ExperimentConfig, config_to_dict
@@ -231,6 +232,7 @@ def resume_search(target: str, storage: str = "autoft-runs", echo: Any = print,
                          "restore the space file, or start a new search")
     if not (search_dir / "tuner.pkl").is_file():
         raise InputError("NAME_OR_PATH", f"{search_dir} has no Ray state to resume", "start a new search")
+    _repair_saved_state(search_dir, echo)
     return _run(cfg, echo, plan, state["search_id"], _Resume(state["parent_run_id"], restart_errored))
 
 
@@ -267,6 +269,33 @@ def _check_not_moved(search_dir: Path, state: dict[str, Any]) -> None:
                          f"{search_dir}; its saved Ray, Optuna and MLflow state name the old folder, so a resume "
                          "here would write into it", f"move the storage folder back to {Path(started).parent} "
                          "and resume it there")
+
+
+def _repair_saved_state(search_dir: Path, echo: Any) -> None:
+    """Ray state files a kill cut short (see :mod:`autoft.ray_state`) are put back from
+    autoft's whole copy or set aside; where no whole save is left, the resume is refused
+    before anything changes."""
+    plan = ray_state.plan_repair(search_dir)
+    lost = "Ray cannot resume it; its finished trials stay in MLflow and the Optuna study"
+    if not plan.tuner_complete:
+        raise InputError("NAME_OR_PATH", f"{search_dir / ray_state.TUNER} was cut short (the search was killed "
+                         f"while Ray wrote it); {lost}", "start a new search")
+    if plan.trial_list is None:
+        raise InputError("NAME_OR_PATH", f"Ray's saved trial list in {search_dir} was cut short (the search was "
+                         f"killed while Ray copied it) and no whole one is left; {lost}", "start a new search")
+    if not plan.searcher_left:
+        raise InputError("NAME_OR_PATH", f"Ray's saved searcher state in {search_dir} was cut short (the search was "
+                         f"killed while Ray copied it) and no whole one is left; {lost}", "start a new search")
+    if not plan.needed:
+        return
+    ray_state.apply_repair(search_dir, plan)
+    if plan.put_back:
+        echo(f"resume: Ray's copy of its saved state was cut short by the kill; put back whole from "
+             f"{ray_state.COPY_DIR}/ (save {', '.join(plan.put_back)})")
+    if plan.set_aside:
+        echo(f"resume: Ray's saved state was cut short by the kill ({', '.join(p.name for p in plan.set_aside)}; "
+             f"no whole copy, and a searcher save goes whole): set aside as *{ray_state.SET_ASIDE}; "
+             "Ray resumes from its newest whole save")
 
 
 def _dig(d: dict[str, Any], dotted: str) -> Any:
@@ -416,7 +445,8 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
                 # The searcher counts the trials (num_trials) and the limiter caps them in flight,
                 # both correctable on resume (ResumeRepair); Ray's own counter is not.
                 metric=metric, mode=mode,
-                search_alg=ResumableGenerator(ResumableLimiter(searcher, cfg.search.max_concurrent)),
+                search_alg=ResumableGenerator(ResumableLimiter(searcher, cfg.search.max_concurrent),
+                                              keep_copy_in=str(search_dir)),
                 scheduler=scheduler, num_samples=-1,
                 time_budget_s=cfg.search.time_budget_s, reuse_actors=True,
                 trial_dirname_creator=_trial_dirname,

@@ -9,17 +9,23 @@ intermediate values) and diverged or crashed ones as FAIL.
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
+from ray.util import log_once
 
 from autoft.outcome import COMPLETED, FAILED, PRUNED, classify, eval_step
+from autoft.ray_state import keep_copy
 from autoft.reconcile import Reconciliation, reconcile
+
+logger = logging.getLogger(__name__)
 
 
 def make_sampler(name: str, seed: int, startup_trials: int | None = None) -> Any:
@@ -220,6 +226,13 @@ class PruneAwareOptunaSearch(OptunaSearch):
 
         frozen = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
         unfinished = {n for n, t in frozen.items() if t.state == optuna.trial.TrialState.RUNNING}
+        # Trials Optuna was told the end of after this searcher's state was saved (or with no
+        # state at all: its files cut short, see autoft.ray_state) count toward the trials run.
+        for t in frozen.values():
+            rid = t.user_attrs.get("ray_trial_id")
+            if t.state.is_finished() and rid and rid not in self._ot_trials:
+                self._ot_trials[rid] = optuna.trial.Trial(self._ot_study, t._trial_id)
+                self._completed_trials.add(rid)
         plan = reconcile(restored, {rid: t.number for rid, t in self._ot_trials.items()}, unfinished)
         for rid in plan.drop:
             del self._ot_trials[rid]
@@ -339,9 +352,25 @@ class ResumableGenerator(SearchGenerator):
     :mod:`autoft.reconcile`), and would then end the search before an orphaned Optuna trial
     runs. The searcher answers ``FINISHED`` again at once when it is."""
 
+    def __init__(self, searcher: Any, keep_copy_in: str | None = None) -> None:
+        """``keep_copy_in``: the search folder, where each save is also kept whole
+        (:func:`autoft.ray_state.keep_copy`): Ray's own copy there can be cut short by a kill."""
+        super().__init__(searcher)
+        self._keep_copy_in = keep_copy_in
+
     def set_state(self, state: dict) -> None:
         super().set_state(state)
         self._finished = False
+
+    def save_to_dir(self, dirpath: str, session_str: str) -> None:
+        super().save_to_dir(dirpath, session_str)
+        search_dir = getattr(self, "_keep_copy_in", None)  # absent in a generator saved before it existed
+        if search_dir:
+            try:
+                keep_copy(Path(dirpath), session_str, Path(search_dir))
+            except OSError as exc:  # a safety net: its failure must not end the search
+                if log_once("autoft:keep_copy"):
+                    logger.warning("could not keep a copy of Ray's saved state in %s: %s", search_dir, exc)
 
 
 class ResumableLimiter(ConcurrencyLimiter):

@@ -124,6 +124,21 @@ def test_a_restarted_trial_does_not_count_twice() -> None:
     assert len(s._ot_study.trials) == 3
 
 
+def test_a_told_trial_counts_though_neither_ray_nor_the_searcher_kept_it() -> None:
+    """A searcher whose saved state was cut short (autoft.ray_state) starts from none, with Ray's
+    trial list older than the study: a trial told since still counts toward num_trials."""
+    s = _searcher(num_trials=3)
+    s.suggest("a"), s.suggest("b")
+    s.on_trial_complete("b", {"m": 0.6, "training_iteration": 1})
+    s._ot_trials.clear(), s._completed_trials.clear(), s._best_values.clear()  # no saved state
+    s.reconcile({"a": 0})  # Ray's list predates "b"
+    assert isinstance(s.suggest("c"), dict)  # the third trial
+    assert s.suggest("d") == Searcher.FINISHED
+    assert len(s._ot_study.trials) == 3
+    s.on_trial_complete("b", {"m": 0.9, "training_iteration": 2})  # told once only: no error
+    assert s._ot_study.trials[1].value == 0.6
+
+
 def test_a_linked_trial_keeps_its_best_epoch_from_before_the_resume() -> None:
     s = _searcher(num_trials=None)
     s.suggest("a")

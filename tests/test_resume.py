@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from autoft.ray_state import COPY_DIR
+
 pytestmark = pytest.mark.ray
 
 N = 6
@@ -298,11 +300,36 @@ def test_resume_after_a_torn_state_save(tmp_path, tiny_model, tiny_data):
 
     storage, _, search_id = _kill_mid_search(tmp_path, tiny_model, tiny_data, ready, epochs=60)
     newest = max(snapshots)
-    _newest_state(storage).write_text(snapshots[max(c for c in snapshots if c < newest)])
+    older, trial_list = snapshots[max(c for c in snapshots if c < newest)], _newest_state(storage)
+    trial_list.write_text(older)
+    # autoft's own copy of the save too, in case the kill also cut Ray's copy of a searcher
+    # file short (test_resume_after_a_searcher_state_cut_short): the save put back keeps it.
+    (trial_list.parent / COPY_DIR / trial_list.name).write_text(older)
     result, said = _resume(storage, search_id)
     assert "Ray's trials win" in said, said[-3000:]
     _assert_nothing_lost_nothing_twice(result, storage, search_id)
     _assert_checkpoints_numbered_by_evaluation(storage, search_id)
+
+
+def test_resume_after_a_searcher_state_cut_short(tmp_path, tiny_model, tiny_data):
+    """Ray copies its saved state into the search folder in place, so a kill mid-copy can leave
+    the searcher's state empty (seen under load). Ray then restarted the experiment afresh and
+    ended the search with trials missing, exit 0. autoft's own whole copy of the save is put
+    back: every Optuna trial still gets one run."""
+    def ready(storage: Path, runs: list) -> bool:
+        done = [r for r in runs if r.info.status != "RUNNING"]
+        return len(done) >= 2 and any(r.info.status == "RUNNING" for r in runs)
+
+    storage, _, search_id = _kill_mid_search(tmp_path, tiny_model, tiny_data, ready)
+    cut = [max((storage / search_id).glob(pattern)) for pattern in ("search_gen_state-*.json", "searcher-state-*.pkl")]
+    for path in cut:
+        assert (storage / search_id / COPY_DIR / path.name).is_file()
+        path.write_bytes(b"")  # as a kill between opening the copy and writing it leaves it
+    result, said = _resume(storage, search_id)
+    assert "resume: Ray's copy of its saved state was cut short by the kill; put back whole" in said, said[-3000:]
+    assert "Failed to restore the run state" not in said, said[-3000:]
+    assert all(path.with_name(path.name + ".torn").is_file() for path in cut)
+    _assert_nothing_lost_nothing_twice({**result, "stderr_tail": said[-3000:]}, storage, search_id)
 
 
 def _assert_checkpoints_numbered_by_evaluation(storage: Path, search_id: str) -> None:

@@ -1,0 +1,142 @@
+"""Ray Tune's saved state in a search folder: a whole copy kept, and a resume repaired with it.
+
+Ray saves its trial list and its searcher's state to a staging folder, then copies them into
+the search folder in a background thread, each file written in place. A driver killed during
+that copy leaves a file cut short (seen: an empty searcher state). Ray, resuming, then logs
+"Failed to restore the run state", starts the experiment afresh and ends the search with
+trials missing, as if it had finished. So autoft keeps its own copy of each save, written
+whole or not at all (:func:`keep_copy`, on the driver, at each save); a resume puts back the
+save a kill cut short from it, and where there is none, sets the cut files aside (renamed,
+never deleted) so that Ray resumes from its newest whole save, which :mod:`autoft.reconcile`
+squares with the Optuna study.
+
+Pure file logic: no Ray, and nothing is unpickled (pickles are only parsed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickletools
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EXPERIMENT = ("experiment_state-", ".json")  # Ray's trial list: JSON
+SEARCH_GENERATOR = ("search_gen_state-", ".json")  # the search wrappers' state: cloudpickle, despite the name
+SEARCHER = ("searcher-state-", ".pkl")
+SAVE = (EXPERIMENT, SEARCH_GENERATOR, SEARCHER)  # one save, in the order Ray writes it
+TUNER = "tuner.pkl"
+COPY_DIR = "ray_state_copy"
+SET_ASIDE = ".torn"
+
+
+def is_complete(path: Path) -> bool:
+    """Does the file hold a whole JSON document or a whole pickle? A pickle is walked opcode by
+    opcode to its STOP without running any of it."""
+    data = path.read_bytes()
+    if not data:
+        return False
+    if path.name.startswith(EXPERIMENT[0]):
+        try:
+            json.loads(data)
+        except ValueError:
+            return False
+        return True
+    try:
+        for _ in pickletools.genops(data):
+            pass
+    except Exception:  # ValueError, or others on bytes cut mid-opcode
+        return False
+    return True
+
+
+def _name(kind: tuple[str, str], session: str) -> str:
+    return f"{kind[0]}{session}{kind[1]}"
+
+
+def _session(path: Path, kind: tuple[str, str]) -> str | None:
+    prefix, suffix = kind
+    name = path.name
+    return name[len(prefix):-len(suffix)] if name.startswith(prefix) and name.endswith(suffix) else None
+
+
+def _files(folder: Path, kind: tuple[str, str]) -> list[Path]:
+    return sorted(folder.glob(_name(kind, "*")))
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` whole or not at all: a copy beside it, renamed over it."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def keep_copy(staging: Path, session: str, search_dir: Path) -> None:
+    """After Ray wrote a save to its staging folder: copy it to the search folder's
+    :data:`COPY_DIR`, each file whole. (A kill between two files leaves files of two
+    consecutive saves, which a resume squares like Ray's own: :mod:`autoft.reconcile`.)"""
+    target = search_dir / COPY_DIR
+    target.mkdir(exist_ok=True)
+    for kind in SAVE:
+        src = staging / _name(kind, session)
+        if src.is_file():
+            _replace(src, target / src.name)
+
+
+@dataclass
+class Repair:
+    put_back: list[str] = field(default_factory=list)
+    """Sessions whose save a kill cut short, put back whole from :data:`COPY_DIR`."""
+    set_aside: list[Path] = field(default_factory=list)
+    """Files cut short with no whole copy, and the other half of such a searcher save."""
+    trial_list: Path | None = None
+    """The trial list Ray will resume from once repaired (None: no whole one is left)."""
+    searcher_left: bool = True
+    """Is a whole searcher save left? Without one, Ray's restored search cannot start a trial."""
+    tuner_complete: bool = True
+
+    @property
+    def needed(self) -> bool:
+        return bool(self.put_back or self.set_aside)
+
+
+def plan_repair(search_dir: Path) -> Repair:
+    """What :func:`apply_repair` would do; changes nothing."""
+    tuner = search_dir / TUNER
+    plan = Repair(tuner_complete=tuner.is_file() and is_complete(tuner))
+    torn = {p for kind in SAVE for p in _files(search_dir, kind) if not is_complete(p)}
+    sessions = sorted({s for kind in SAVE for p in torn if (s := _session(p, kind)) is not None})
+    copies = search_dir / COPY_DIR
+    for session in sessions:
+        kept = [copies / _name(kind, session) for kind in SAVE]
+        if all(p.is_file() and is_complete(p) for p in kept):
+            plan.put_back.append(session)
+    # A searcher save is two files that Ray restores together: if either is cut short (with no
+    # whole copy), the other from that save goes too.
+    cut_searchers = {_session(p, kind) for kind in SAVE[1:] for p in torn} - {None} - set(plan.put_back)
+    for kind in SAVE:
+        for p in _files(search_dir, kind):
+            session = _session(p, kind)
+            if session not in plan.put_back and (p in torn or (kind != EXPERIMENT and session in cut_searchers)):
+                plan.set_aside.append(p)
+    # Ray reads the newest trial list by name (the session's start time).
+    whole = [p for p in _files(search_dir, EXPERIMENT) if p not in torn]
+    whole += [search_dir / _name(EXPERIMENT, s) for s in plan.put_back]
+    plan.trial_list = max(whole, default=None)
+    plan.searcher_left = bool(plan.put_back) or any(
+        p not in torn and p not in plan.set_aside for p in _files(search_dir, SEARCH_GENERATOR))
+    return plan
+
+
+def apply_repair(search_dir: Path, plan: Repair) -> None:
+    """Files cut short are renamed out of Ray's way (their bytes stay); a put-back save is
+    copied whole over that session's files."""
+    for session in plan.put_back:
+        for kind in SAVE:
+            path = search_dir / _name(kind, session)
+            if path.is_file() and not is_complete(path):
+                path.replace(path.with_name(path.name + SET_ASIDE))
+            _replace(search_dir / COPY_DIR / path.name, path)
+    for path in plan.set_aside:
+        path.replace(path.with_name(path.name + SET_ASIDE))

@@ -272,30 +272,32 @@ def _check_not_moved(search_dir: Path, state: dict[str, Any]) -> None:
 
 
 def _repair_saved_state(search_dir: Path, echo: Any) -> None:
-    """Ray state files a kill cut short (see :mod:`autoft.ray_state`) are put back from
-    autoft's whole copy or set aside; where no whole save is left, the resume is refused
-    before anything changes."""
+    """Ray state files a kill cut short or left unwritten (see :mod:`autoft.ray_state`) are put
+    back from autoft's whole copy or set aside; where no whole save is left, the resume is
+    refused before anything changes."""
     plan = ray_state.plan_repair(search_dir)
     lost = "Ray cannot resume it; its finished trials stay in MLflow and the Optuna study"
-    if not plan.tuner_complete:
+    if plan.tuner == "cut":
         raise InputError("NAME_OR_PATH", f"{search_dir / ray_state.TUNER} was cut short (the search was killed "
-                         f"while Ray wrote it); {lost}", "start a new search")
+                         f"while Ray wrote it) and no whole copy is left; {lost}", "start a new search")
     if plan.trial_list is None:
         raise InputError("NAME_OR_PATH", f"Ray's saved trial list in {search_dir} was cut short (the search was "
                          f"killed while Ray copied it) and no whole one is left; {lost}", "start a new search")
     if not plan.searcher_left:
         raise InputError("NAME_OR_PATH", f"Ray's saved searcher state in {search_dir} was cut short (the search was "
                          f"killed while Ray copied it) and no whole one is left; {lost}", "start a new search")
-    if not plan.needed:
-        return
-    ray_state.apply_repair(search_dir, plan)
-    if plan.put_back:
-        echo(f"resume: Ray's copy of its saved state was cut short by the kill; put back whole from "
-             f"{ray_state.COPY_DIR}/ (save {', '.join(plan.put_back)})")
-    if plan.set_aside:
-        echo(f"resume: Ray's saved state was cut short by the kill ({', '.join(p.name for p in plan.set_aside)}; "
-             f"no whole copy, and a searcher save goes whole): set aside as *{ray_state.SET_ASIDE}; "
-             "Ray resumes from its newest whole save")
+    if plan.needed:
+        ray_state.apply_repair(search_dir, plan)
+        if plan.put_back or plan.tuner == "put back":
+            saves = [f"save {s}" for s in plan.put_back] + ([ray_state.TUNER] if plan.tuner == "put back" else [])
+            echo(f"resume: Ray's copy of its saved state was cut short by the kill; put back whole from "
+                 f"{ray_state.COPY_DIR}/ ({', '.join(saves)})")
+        if plan.set_aside:
+            echo(f"resume: Ray's saved state was cut short by the kill ({', '.join(p.name for p in plan.set_aside)}; "
+                 f"no whole copy, and a searcher save goes whole): set aside as *{ray_state.SET_ASIDE}; "
+                 "Ray resumes from its newest whole save")
+    # Ray rewrites tuner.pkl in place at every save of a resumed search: keep it while whole.
+    ray_state.keep_tuner(search_dir)
 
 
 def _dig(d: dict[str, Any], dotted: str) -> Any:
@@ -467,6 +469,8 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
         # dead driver's state, so this run's callbacks replace them.
         # Ray restores the searcher's state into this same object when fit() starts.
         search_alg = _restored_search_alg(tuner)
+        if isinstance(search_alg, ResumableGenerator):  # one saved before the copy existed gets it now
+            search_alg._keep_copy_in = str(search_dir)
         searcher = find_in(search_alg, PruneAwareOptunaSearch)
         tuner._local_tuner._run_config.callbacks = [*callbacks, ResumeRepair(search_alg, echo)]
     status = "completed"

@@ -226,8 +226,8 @@ class PruneAwareOptunaSearch(OptunaSearch):
 
         frozen = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
         unfinished = {n for n, t in frozen.items() if t.state == optuna.trial.TrialState.RUNNING}
-        # Trials Optuna was told the end of after this searcher's state was saved (or with no
-        # state at all: its files cut short, see autoft.ray_state) count toward the trials run.
+        # Trials Optuna was told the end of after this searcher's state was saved (restored from
+        # an older save: a newer one was cut short, see autoft.ray_state) count toward the trials run.
         for t in frozen.values():
             rid = t.user_attrs.get("ray_trial_id")
             if t.state.is_finished() and rid and rid not in self._ot_trials:

@@ -43,12 +43,16 @@ def is_complete(path: Path) -> bool:
         except ValueError:
             return False
         return True
+    return _whole_pickle(data)
+
+
+def _whole_pickle(data: bytes) -> bool:
     try:
         for _ in pickletools.genops(data):
             pass
     except Exception:  # ValueError, or others on bytes cut mid-opcode
         return False
-    return True
+    return bool(data)
 
 
 def _name(kind: tuple[str, str], session: str) -> str:
@@ -82,61 +86,105 @@ def keep_copy(staging: Path, session: str, search_dir: Path) -> None:
         src = staging / _name(kind, session)
         if src.is_file():
             _replace(src, target / src.name)
+    keep_tuner(search_dir)
+
+
+def keep_tuner(search_dir: Path) -> None:
+    """Copy ``tuner.pkl`` once, while whole: it never changes after the search starts, but
+    once resumed Ray rewrites it in place at every save (it is among the files Ray copies into
+    its staging folder on resume), where a kill can cut it short too."""
+    kept, tuner = search_dir / COPY_DIR / TUNER, search_dir / TUNER
+    if kept.is_file() or not tuner.is_file():
+        return
+    data = tuner.read_bytes()
+    if _whole_pickle(data):
+        kept.parent.mkdir(exist_ok=True)
+        tmp = kept.with_name(f".{kept.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, kept)
 
 
 @dataclass
 class Repair:
     put_back: list[str] = field(default_factory=list)
-    """Sessions whose save a kill cut short, put back whole from :data:`COPY_DIR`."""
+    """Sessions whose save a kill cut short (or left half-written), put back whole from
+    :data:`COPY_DIR`."""
     set_aside: list[Path] = field(default_factory=list)
     """Files cut short with no whole copy, and the other half of such a searcher save."""
     trial_list: Path | None = None
     """The trial list Ray will resume from once repaired (None: no whole one is left)."""
     searcher_left: bool = True
-    """Is a whole searcher save left? Without one, Ray's restored search cannot start a trial."""
-    tuner_complete: bool = True
+    """Is a whole searcher save left? Without one Ray's restored search generator has no
+    experiment to make trials from: it ends the search with trials missing."""
+    tuner: str = "whole"
+    """``tuner.pkl``: "whole", "put back" (cut short, whole in the copy) or "cut"."""
 
     @property
     def needed(self) -> bool:
-        return bool(self.put_back or self.set_aside)
+        return bool(self.put_back or self.set_aside or self.tuner == "put back")
 
 
 def plan_repair(search_dir: Path) -> Repair:
     """What :func:`apply_repair` would do; changes nothing."""
-    tuner = search_dir / TUNER
-    plan = Repair(tuner_complete=tuner.is_file() and is_complete(tuner))
+    plan = Repair()
+    tuner, copies = search_dir / TUNER, search_dir / COPY_DIR
+    if not (tuner.is_file() and is_complete(tuner)):
+        kept = copies / TUNER
+        plan.tuner = "put back" if kept.is_file() and is_complete(kept) else "cut"
     torn = {p for kind in SAVE for p in _files(search_dir, kind) if not is_complete(p)}
-    sessions = sorted({s for kind in SAVE for p in torn if (s := _session(p, kind)) is not None})
-    copies = search_dir / COPY_DIR
-    for session in sessions:
+    present = {kind: {_session(p, kind) for p in _files(search_dir, kind)} for kind in SAVE}
+    # A save is damaged if a file of it is cut short, or missing (a kill before Ray's copy
+    # reached it): Ray would pair a searcher half with another save's, or resume from an older
+    # save than the copy holds.
+    half_missing = present[SEARCH_GENERATOR] ^ present[SEARCHER]
+    cut_searchers = {_session(p, kind) for kind in SAVE[1:] for p in torn} | half_missing
+    in_copy = {_session(p, EXPERIMENT) for p in _files(copies, EXPERIMENT)}
+    damaged = ({_session(p, kind) for kind in SAVE for p in torn} | half_missing
+               | {s for s in in_copy if any(s not in present[kind] for kind in SAVE)})
+    for session in sorted(damaged - {None}):
         kept = [copies / _name(kind, session) for kind in SAVE]
         if all(p.is_file() and is_complete(p) for p in kept):
             plan.put_back.append(session)
-    # A searcher save is two files that Ray restores together: if either is cut short (with no
-    # whole copy), the other from that save goes too.
-    cut_searchers = {_session(p, kind) for kind in SAVE[1:] for p in torn} - {None} - set(plan.put_back)
+    # With no whole copy: cut files go, and a searcher save's two files go together.
+    cut_searchers -= set(plan.put_back)
     for kind in SAVE:
         for p in _files(search_dir, kind):
             session = _session(p, kind)
             if session not in plan.put_back and (p in torn or (kind != EXPERIMENT and session in cut_searchers)):
                 plan.set_aside.append(p)
-    # Ray reads the newest trial list by name (the session's start time).
+    # Ray reads the newest of each kind by name (the session's start time).
     whole = [p for p in _files(search_dir, EXPERIMENT) if p not in torn]
     whole += [search_dir / _name(EXPERIMENT, s) for s in plan.put_back]
     plan.trial_list = max(whole, default=None)
     plan.searcher_left = bool(plan.put_back) or any(
-        p not in torn and p not in plan.set_aside for p in _files(search_dir, SEARCH_GENERATOR))
+        p not in plan.set_aside for p in _files(search_dir, SEARCH_GENERATOR))
     return plan
 
 
 def apply_repair(search_dir: Path, plan: Repair) -> None:
-    """Files cut short are renamed out of Ray's way (their bytes stay); a put-back save is
-    copied whole over that session's files."""
+    """A put-back file is copied whole over the one in the folder (the cut one's bytes are
+    kept beside first); files cut short with no copy are renamed out of Ray's way. A kill
+    part-way leaves a folder the next resume repairs the same way."""
+    copies = search_dir / COPY_DIR
+    if plan.tuner == "put back":
+        _put_back(copies / TUNER, search_dir / TUNER)
     for session in plan.put_back:
         for kind in SAVE:
-            path = search_dir / _name(kind, session)
-            if path.is_file() and not is_complete(path):
-                path.replace(path.with_name(path.name + SET_ASIDE))
-            _replace(search_dir / COPY_DIR / path.name, path)
+            _put_back(copies / _name(kind, session), search_dir / _name(kind, session))
     for path in plan.set_aside:
-        path.replace(path.with_name(path.name + SET_ASIDE))
+        path.replace(_aside(path))
+
+
+def _put_back(kept: Path, path: Path) -> None:
+    if path.is_file() and not is_complete(path):
+        shutil.copyfile(path, _aside(path))
+    _replace(kept, path)
+
+
+def _aside(path: Path) -> Path:
+    """``NAME.torn``, or ``NAME.torn.N`` if an earlier repair already set one aside."""
+    target, n = path.with_name(path.name + SET_ASIDE), 0
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}{SET_ASIDE}.{n}")
+    return target

@@ -12,7 +12,15 @@ from ray import cloudpickle
 
 from autoft.controller import _repair_saved_state
 from autoft.errors import InputError
-from autoft.ray_state import COPY_DIR, SET_ASIDE, apply_repair, is_complete, keep_copy, plan_repair
+from autoft.ray_state import (
+    COPY_DIR,
+    SET_ASIDE,
+    apply_repair,
+    is_complete,
+    keep_copy,
+    keep_tuner,
+    plan_repair,
+)
 
 OLD, NEW = "2026-12-05_01-00-00", "2026-12-05_02-00-00"
 NAMES = ("experiment_state-{}.json", "search_gen_state-{}.json", "searcher-state-{}.pkl")
@@ -72,7 +80,7 @@ def test_the_copy_is_each_save_whole(tmp_path: Path) -> None:
 def test_nothing_cut_short_changes_nothing(search_dir: Path) -> None:
     _save(search_dir, OLD), _save(search_dir, NEW)
     plan = plan_repair(search_dir)
-    assert not plan.needed and plan.tuner_complete and plan.searcher_left
+    assert not plan.needed and plan.tuner == "whole" and plan.searcher_left
     assert plan.trial_list == search_dir / NAMES[0].format(NEW)
 
 
@@ -124,8 +132,54 @@ def test_resume_refuses_when_no_whole_save_is_left_and_changes_nothing(search_di
 def test_resume_refuses_a_tuner_cut_short(search_dir: Path) -> None:
     _save(search_dir, NEW)
     (search_dir / "tuner.pkl").write_bytes(cloudpickle.dumps({"tuner": 1})[:10])
-    with pytest.raises(InputError, match="tuner.pkl was cut short"):
+    with pytest.raises(InputError, match="tuner.pkl was cut short .* no whole copy is left"):
         _repair_saved_state(search_dir, echo=print)
+
+
+def test_the_tuner_is_kept_once_while_whole_and_put_back_when_cut(search_dir: Path) -> None:
+    whole = (search_dir / "tuner.pkl").read_bytes()
+    _save(search_dir, NEW)
+    (search_dir / "tuner.pkl").write_bytes(whole[:10])
+    keep_tuner(search_dir)
+    assert not (search_dir / COPY_DIR / "tuner.pkl").exists()  # a cut one is never kept
+    (search_dir / "tuner.pkl").write_bytes(whole)
+    keep_tuner(search_dir)
+    (search_dir / "tuner.pkl").write_bytes(whole[:10])  # a resumed search's save cut it
+    said: list[str] = []
+    _repair_saved_state(search_dir, echo=said.append)
+    assert (search_dir / "tuner.pkl").read_bytes() == whole
+    assert (search_dir / ("tuner.pkl" + SET_ASIDE)).read_bytes() == whole[:10]
+    assert said == [f"resume: Ray's copy of its saved state was cut short by the kill; put back whole from "
+                    f"{COPY_DIR}/ (tuner.pkl)"]
+
+
+def test_a_searcher_half_never_copied_is_put_back_or_its_other_half_set_aside(search_dir: Path) -> None:
+    _save(search_dir, OLD), _save(search_dir, NEW)
+    (search_dir / NAMES[2].format(NEW)).unlink()  # killed before Ray's copy reached it
+    plan = plan_repair(search_dir)
+    assert plan.put_back == [] and [p.name for p in plan.set_aside] == [NAMES[1].format(NEW)]
+    _save(search_dir / COPY_DIR, NEW)
+    plan = plan_repair(search_dir)
+    assert plan.put_back == [NEW] and plan.set_aside == []
+    apply_repair(search_dir, plan)
+    assert (search_dir / NAMES[2].format(NEW)).read_bytes() == (search_dir / COPY_DIR / NAMES[2].format(NEW)).read_bytes()
+
+
+def test_a_save_only_the_copy_holds_is_put_back(search_dir: Path) -> None:
+    """A resumed session killed before Ray's first copy of its save: Ray would go back to the
+    session before."""
+    _save(search_dir, OLD), _save(search_dir / COPY_DIR, NEW)
+    plan = plan_repair(search_dir)
+    assert plan.put_back == [NEW] and plan.trial_list == search_dir / NAMES[0].format(NEW)
+
+
+def test_a_second_repair_keeps_the_first_cut_files(search_dir: Path) -> None:
+    _save(search_dir, OLD)
+    for cut in (NAMES[2], NAMES[2]):
+        _save(search_dir, NEW, cut=cut)
+        apply_repair(search_dir, plan_repair(search_dir))
+    assert sorted(p.name for p in search_dir.glob(f"searcher-state-{NEW}.pkl*")) == [
+        NAMES[2].format(NEW) + SET_ASIDE, NAMES[2].format(NEW) + SET_ASIDE + ".1"]
 
 
 def test_resume_says_what_it_repaired(search_dir: Path) -> None:

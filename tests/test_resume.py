@@ -322,6 +322,7 @@ def test_resume_after_a_searcher_state_cut_short(tmp_path, tiny_model, tiny_data
 
     storage, _, search_id = _kill_mid_search(tmp_path, tiny_model, tiny_data, ready)
     cut = [max((storage / search_id).glob(pattern)) for pattern in ("search_gen_state-*.json", "searcher-state-*.pkl")]
+    assert (storage / search_id / COPY_DIR / "tuner.pkl").is_file()
     for path in cut:
         assert (storage / search_id / COPY_DIR / path.name).is_file()
         path.write_bytes(b"")  # as a kill between opening the copy and writing it leaves it

@@ -280,12 +280,10 @@ def _repair_saved_state(search_dir: Path, echo: Any) -> None:
     if plan.tuner == "cut":
         raise InputError("NAME_OR_PATH", f"{search_dir / ray_state.TUNER} was cut short (the search was killed "
                          f"while Ray wrote it) and no whole copy is left; {lost}", "start a new search")
-    if plan.trial_list is None:
-        raise InputError("NAME_OR_PATH", f"Ray's saved trial list in {search_dir} was cut short (the search was "
-                         f"killed while Ray copied it) and no whole one is left; {lost}", "start a new search")
-    if not plan.searcher_left:
-        raise InputError("NAME_OR_PATH", f"Ray's saved searcher state in {search_dir} was cut short (the search was "
-                         f"killed while Ray copied it) and no whole one is left; {lost}", "start a new search")
+    for gone, what in ((plan.trial_list is None, "trial list"), (not plan.searcher_left, "searcher state")):
+        if gone:
+            raise InputError("NAME_OR_PATH", f"Ray's saved {what} in {search_dir} was cut short (the search was "
+                             f"killed while Ray copied it) and no whole one is left; {lost}", "start a new search")
     if plan.needed:
         ray_state.apply_repair(search_dir, plan)
         if plan.put_back or plan.tuner == "put back":
@@ -447,8 +445,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
                 # The searcher counts the trials (num_trials) and the limiter caps them in flight,
                 # both correctable on resume (ResumeRepair); Ray's own counter is not.
                 metric=metric, mode=mode,
-                search_alg=ResumableGenerator(ResumableLimiter(searcher, cfg.search.max_concurrent),
-                                              keep_copy_in=str(search_dir)),
+                search_alg=ResumableGenerator(ResumableLimiter(searcher, cfg.search.max_concurrent)),
                 scheduler=scheduler, num_samples=-1,
                 time_budget_s=cfg.search.time_budget_s, reuse_actors=True,
                 trial_dirname_creator=_trial_dirname,
@@ -465,12 +462,13 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
         tuner = tune.Tuner.restore(str(search_dir), trainable, resume_unfinished=True,
                                    resume_errored=not resume.restart_errored,
                                    restart_errored=resume.restart_errored)
+    search_alg = _restored_search_alg(tuner)
+    if isinstance(search_alg, ResumableGenerator):  # (a search saved before the copy existed gets it now)
+        search_alg._keep_copy_in = str(search_dir)
+    if resume is not None:
         # Tuner.restore has no run_config argument; the pickled callbacks hold the
         # dead driver's state, so this run's callbacks replace them.
         # Ray restores the searcher's state into this same object when fit() starts.
-        search_alg = _restored_search_alg(tuner)
-        if isinstance(search_alg, ResumableGenerator):  # one saved before the copy existed gets it now
-            search_alg._keep_copy_in = str(search_dir)
         searcher = find_in(search_alg, PruneAwareOptunaSearch)
         tuner._local_tuner._run_config.callbacks = [*callbacks, ResumeRepair(search_alg, echo)]
     status = "completed"
@@ -650,7 +648,7 @@ class _SigintWatch:
 
 
 def _restored_search_alg(tuner: Any) -> Any:
-    """The search algorithm a restored Tuner runs with (ResumableGenerator(ResumableLimiter(
+    """The search algorithm a new or restored Tuner runs with (ResumableGenerator(ResumableLimiter(
     PruneAwareOptunaSearch)), or the bare searcher of a search saved before them): Ray rebuilt
     it from its saved state and offers no public handle on it (it lives in the tuner's TuneConfig)."""
     config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)

@@ -352,11 +352,9 @@ class ResumableGenerator(SearchGenerator):
     :mod:`autoft.reconcile`), and would then end the search before an orphaned Optuna trial
     runs. The searcher answers ``FINISHED`` again at once when it is."""
 
-    def __init__(self, searcher: Any, keep_copy_in: str | None = None) -> None:
-        """``keep_copy_in``: the search folder, where each save is also kept whole
-        (:func:`autoft.ray_state.keep_copy`): Ray's own copy there can be cut short by a kill."""
-        super().__init__(searcher)
-        self._keep_copy_in = keep_copy_in
+    _keep_copy_in: str | None = None
+    """The search folder, where each save is also kept whole (:func:`autoft.ray_state.keep_copy`):
+    Ray's own copy there can be cut short by a kill. Set by the controller, new or resumed."""
 
     def set_state(self, state: dict) -> None:
         super().set_state(state)
@@ -364,13 +362,12 @@ class ResumableGenerator(SearchGenerator):
 
     def save_to_dir(self, dirpath: str, session_str: str) -> None:
         super().save_to_dir(dirpath, session_str)
-        search_dir = getattr(self, "_keep_copy_in", None)  # absent in a generator saved before it existed
-        if search_dir:
+        if self._keep_copy_in:
             try:
-                keep_copy(Path(dirpath), session_str, Path(search_dir))
+                keep_copy(Path(dirpath), session_str, Path(self._keep_copy_in))
             except OSError as exc:  # a safety net: its failure must not end the search
                 if log_once("autoft:keep_copy"):
-                    logger.warning("could not keep a copy of Ray's saved state in %s: %s", search_dir, exc)
+                    logger.warning("could not keep a copy of Ray's saved state in %s: %s", self._keep_copy_in, exc)
 
 
 class ResumableLimiter(ConcurrencyLimiter):

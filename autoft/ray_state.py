@@ -69,10 +69,10 @@ def _files(folder: Path, kind: tuple[str, str]) -> list[Path]:
     return sorted(folder.glob(_name(kind, "*")))
 
 
-def _replace(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst`` whole or not at all: a copy beside it, renamed over it."""
+def _write_whole(dst: Path, data: bytes) -> None:
+    """Write ``dst`` whole or not at all: a file beside it, renamed over it."""
     tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
+    tmp.write_bytes(data)
     os.replace(tmp, dst)
 
 
@@ -85,7 +85,7 @@ def keep_copy(staging: Path, session: str, search_dir: Path) -> None:
     for kind in SAVE:
         src = staging / _name(kind, session)
         if src.is_file():
-            _replace(src, target / src.name)
+            _write_whole(target / src.name, src.read_bytes())
     keep_tuner(search_dir)
 
 
@@ -99,9 +99,7 @@ def keep_tuner(search_dir: Path) -> None:
     data = tuner.read_bytes()
     if _whole_pickle(data):
         kept.parent.mkdir(exist_ok=True)
-        tmp = kept.with_name(f".{kept.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, kept)
+        _write_whole(kept, data)
 
 
 @dataclass
@@ -118,6 +116,8 @@ class Repair:
     experiment to make trials from: it ends the search with trials missing."""
     tuner: str = "whole"
     """``tuner.pkl``: "whole", "put back" (cut short, whole in the copy) or "cut"."""
+    cut: set[Path] = field(default_factory=set)
+    """Every file found cut short (their bytes are kept beside when put back)."""
 
     @property
     def needed(self) -> bool:
@@ -131,8 +131,11 @@ def plan_repair(search_dir: Path) -> Repair:
     if not (tuner.is_file() and is_complete(tuner)):
         kept = copies / TUNER
         plan.tuner = "put back" if kept.is_file() and is_complete(kept) else "cut"
-    torn = {p for kind in SAVE for p in _files(search_dir, kind) if not is_complete(p)}
-    present = {kind: {_session(p, kind) for p in _files(search_dir, kind)} for kind in SAVE}
+        plan.cut.add(tuner)
+    files = {kind: _files(search_dir, kind) for kind in SAVE}
+    torn = {p for kind in SAVE for p in files[kind] if not is_complete(p)}
+    plan.cut |= torn
+    present = {kind: {_session(p, kind) for p in files[kind]} for kind in SAVE}
     # A save is damaged if a file of it is cut short, or missing (a kill before Ray's copy
     # reached it): Ray would pair a searcher half with another save's, or resume from an older
     # save than the copy holds.
@@ -148,37 +151,32 @@ def plan_repair(search_dir: Path) -> Repair:
     # With no whole copy: cut files go, and a searcher save's two files go together.
     cut_searchers -= set(plan.put_back)
     for kind in SAVE:
-        for p in _files(search_dir, kind):
+        for p in files[kind]:
             session = _session(p, kind)
             if session not in plan.put_back and (p in torn or (kind != EXPERIMENT and session in cut_searchers)):
                 plan.set_aside.append(p)
     # Ray reads the newest of each kind by name (the session's start time).
-    whole = [p for p in _files(search_dir, EXPERIMENT) if p not in torn]
+    whole = [p for p in files[EXPERIMENT] if p not in torn]
     whole += [search_dir / _name(EXPERIMENT, s) for s in plan.put_back]
     plan.trial_list = max(whole, default=None)
-    plan.searcher_left = bool(plan.put_back) or any(
-        p not in plan.set_aside for p in _files(search_dir, SEARCH_GENERATOR))
+    plan.searcher_left = bool(plan.put_back) or any(p not in plan.set_aside for p in files[SEARCH_GENERATOR])
     return plan
 
 
 def apply_repair(search_dir: Path, plan: Repair) -> None:
-    """A put-back file is copied whole over the one in the folder (the cut one's bytes are
-    kept beside first); files cut short with no copy are renamed out of Ray's way. A kill
-    part-way leaves a folder the next resume repairs the same way."""
+    """A put-back file is copied whole over the one in the folder (a cut one's bytes are kept
+    beside first); files cut short with no copy are renamed out of Ray's way. A kill part-way
+    leaves a folder the next resume repairs the same way."""
     copies = search_dir / COPY_DIR
-    if plan.tuner == "put back":
-        _put_back(copies / TUNER, search_dir / TUNER)
-    for session in plan.put_back:
-        for kind in SAVE:
-            _put_back(copies / _name(kind, session), search_dir / _name(kind, session))
+    put_back = [TUNER] if plan.tuner == "put back" else []
+    put_back += [_name(kind, session) for session in plan.put_back for kind in SAVE]
+    for name in put_back:
+        path = search_dir / name
+        if path in plan.cut:
+            shutil.copyfile(path, _aside(path))
+        _write_whole(path, (copies / name).read_bytes())
     for path in plan.set_aside:
         path.replace(_aside(path))
-
-
-def _put_back(kept: Path, path: Path) -> None:
-    if path.is_file() and not is_complete(path):
-        shutil.copyfile(path, _aside(path))
-    _replace(kept, path)
 
 
 def _aside(path: Path) -> Path:

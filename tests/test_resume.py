@@ -84,6 +84,12 @@ def _kill_mid_search(root: Path, tiny_model: Path, tiny_data: dict, ready: Any,
     return storage, before, search_id
 
 
+def _some_ended_some_running(storage: Path, runs: list) -> bool:
+    """Kill once some trials have finished and others are mid-flight."""
+    done = [r for r in runs if r.info.status != "RUNNING"]
+    return len(done) >= 2 and any(r.info.status == "RUNNING" for r in runs)
+
+
 def _run_resume(storage: Path, search_id: str, timeout_s: float = 600) -> tuple[int, str, str]:
     """``autoft resume --json``: exit status, stdout, stderr. It runs in its own session, so a
     resume that hangs past ``timeout_s`` is killed with the local Ray it started."""
@@ -107,12 +113,8 @@ def _resume(storage: Path, search_id: str) -> tuple[dict, str]:
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory, tiny_model, tiny_data):
     """A search killed mid-way, and a copy of its storage folder as the kill left it."""
-    def ready(storage: Path, runs: list) -> bool:
-        # Kill once some trials have finished and others are mid-flight.
-        done = [r for r in runs if r.info.status != "RUNNING"]
-        return len(done) >= 2 and any(r.info.status == "RUNNING" for r in runs)
-
-    storage, before, search_id = _kill_mid_search(tmp_path_factory.mktemp("resume"), tiny_model, tiny_data, ready)
+    storage, before, search_id = _kill_mid_search(tmp_path_factory.mktemp("resume"), tiny_model, tiny_data,
+                                                  _some_ended_some_running)
     as_killed = tmp_path_factory.mktemp("as-killed") / "runs"
     shutil.copytree(storage, as_killed)  # nothing writes to it: the driver and its Ray are dead
     return storage, before, search_id, as_killed
@@ -316,11 +318,7 @@ def test_resume_after_a_searcher_state_cut_short(tmp_path, tiny_model, tiny_data
     the searcher's state empty (seen under load). Ray then restarted the experiment afresh and
     ended the search with trials missing, exit 0. autoft's own whole copy of the save is put
     back: every Optuna trial still gets one run."""
-    def ready(storage: Path, runs: list) -> bool:
-        done = [r for r in runs if r.info.status != "RUNNING"]
-        return len(done) >= 2 and any(r.info.status == "RUNNING" for r in runs)
-
-    storage, _, search_id = _kill_mid_search(tmp_path, tiny_model, tiny_data, ready)
+    storage, _, search_id = _kill_mid_search(tmp_path, tiny_model, tiny_data, _some_ended_some_running)
     cut = [max((storage / search_id).glob(pattern)) for pattern in ("search_gen_state-*.json", "searcher-state-*.pkl")]
     assert (storage / search_id / COPY_DIR / "tuner.pkl").is_file()
     for path in cut:

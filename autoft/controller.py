@@ -413,7 +413,8 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
                          "trust_remote_code": cfg.model.trust_remote_code, "metric": metric, "mode": mode,
                          "cache_frozen": cfg.train.cache_frozen, "cache_dir": storage / "prefix-cache",
                          "cache_max_bytes": cfg.train.cache_max_bytes,
-                         "evals_per_epoch": plan.evals_per_epoch}}
+                         "evals_per_epoch": plan.evals_per_epoch,
+                         "overlap_checkpoints": cfg.train.overlap_checkpoints}}
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, data=data, setup=setup),
         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial})

@@ -6,6 +6,7 @@ data arrives once through the object store (``tune.with_parameters``).
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,19 @@ class _TuneReporter:
         tune.report(metrics, checkpoint=checkpoint)
 
 
+# How long a reused actor waits for a stopped trial's thread before it takes the next trial.
+# Ray's default, 2 s, suits a thread that ends inside ``tune.report``; with the report on the
+# hand-off thread (train.overlap_checkpoints) it ends at its next optimizer step or validation
+# batch, which on a CPU can take longer. Past the wait Ray refuses the reuse (measured, Ray 2.60:
+# the next trial fails and the search never ends; tests/test_handoff_ray.py).
+STOPPED_THREAD_WAIT_S = "60"
+
+
+def wait_for_stopped_threads() -> None:
+    """Raise Ray's wait for a stopped trial's thread in this worker, unless the user set it."""
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", STOPPED_THREAD_WAIT_S)
+
+
 def usable_checkpoint(given: Path) -> Path | None:
     """The checkpoint to resume from: ``given``, or if it is torn (a crash while
     it was written), the newest complete one beside it; None = start over."""
@@ -39,6 +53,7 @@ def usable_checkpoint(given: Path) -> Path | None:
 def tune_trial(config: dict[str, Any], data: PreparedData, setup: dict[str, Any]) -> None:
     from ray import tune
 
+    wait_for_stopped_threads()
     overrides = {k: v for k, v in config.items() if k in RECIPE_FIELDS}
     recipe = Recipe.from_dict({**setup["base_recipe"], **overrides})
     options = RunOptions(**setup["options"])

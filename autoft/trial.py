@@ -11,9 +11,10 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,13 +24,10 @@ from autoft import checkpoint as ckpt
 from autoft import prefix_cache, scratch
 from autoft.data import PreparedData, TokenizedSplit, batch_indices, collate
 from autoft.freezing import never_trained_prefix, plan_for_epoch
+from autoft.handoff import Handoff, Reporter
 from autoft.layers import ModelLayout, find_layout
 from autoft.optim import build_param_groups
 from autoft.recipe import Recipe
-
-
-class Reporter(Protocol):
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None: ...
 
 
 @dataclass
@@ -52,6 +50,10 @@ class RunOptions:
     # Evaluate, report and checkpoint this many times per epoch: with long epochs, the pruner
     # can stop a bad trial after half an epoch instead of a whole one.
     evals_per_epoch: int = 1
+    # With checkpoints handed to the reporter (checkpoint_dir None): report on a background
+    # thread, so training goes on while Ray Tune copies each checkpoint into storage (handoff).
+    # "auto": on a GPU only; on CPU cores the copy competes with training (measured: no faster).
+    overlap_checkpoints: bool | str = "auto"
 
 
 @dataclass
@@ -152,8 +154,10 @@ def ever_trainable(model: nn.Module, layout: ModelLayout, recipe: Recipe) -> lis
 
 def evaluate(model: nn.Module, split: TokenizedSplit, batch_size: int, pad_id: int,
              device: torch.device, amp: torch.dtype | None,
-             cache: tuple[Any, prefix_cache.CachedSplit] | None = None) -> dict[str, float]:
-    """Loss, accuracy and macro-F1; ``cache`` = (installed stand-in, cached split)."""
+             cache: tuple[Any, prefix_cache.CachedSplit] | None = None,
+             between_batches: Callable[[], None] | None = None) -> dict[str, float]:
+    """Loss, accuracy and macro-F1; ``cache`` = (installed stand-in, cached split);
+    ``between_batches`` runs after each batch (a trial's check on its hand-off)."""
     from sklearn.metrics import f1_score
 
     was_training = model.training
@@ -171,6 +175,8 @@ def evaluate(model: nn.Module, split: TokenizedSplit, batch_size: int, pad_id: i
             total_loss += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
             preds.append(logits.argmax(-1).cpu().numpy())
             golds.append(labels.cpu().numpy())
+            if between_batches is not None:
+                between_batches()
     model.train(was_training)
     y_pred, y_true = np.concatenate(preds), np.concatenate(golds)
     return {
@@ -307,6 +313,8 @@ def run_trial(
     result = TrialResult(status="completed", reason="", history=history, best=best)
     kept: list[tuple[float, Path]] = []
     tmp_root = scratch.make() if opts.checkpoint_dir is None else None
+    overlap = opts.overlap_checkpoints is True or (opts.overlap_checkpoints == "auto" and device.type == "cuda")
+    out = Handoff(reporter, background=overlap and tmp_root is not None)
     if resume_from is not None and opts.checkpoint_dir is not None:
         kept = _existing_checkpoints(opts.checkpoint_dir, result.history, opts.metric)
         result.last_checkpoint = Path(resume_from)
@@ -319,6 +327,7 @@ def run_trial(
     try:
         for epoch in range(start_epoch, recipe.epochs):
             if opts.epoch_hook is not None:
+                out.wait()  # a fault injected here must find the checkpoints reported so far on disk
                 opts.epoch_hook(epoch, model)
             plan = plan_for_epoch(recipe, layout.num_layers, epoch)
             apply_plan(layout, model, plan.training_blocks, plan.embeddings_train)
@@ -354,6 +363,7 @@ def run_trial(
                         scaler.update()
                         scheduler.step()
                         optimizer.zero_grad(set_to_none=True)
+                        out.check()  # a trial Ray stopped while its last report was in flight ends here
                         loss_sum += loss.item() * len(labels)
                         seen += len(labels)
                 train_seconds = time.perf_counter() - t0
@@ -365,11 +375,12 @@ def run_trial(
                                "autoft_status": "diverged", "autoft_reason": diverged,
                                opts.metric: 0.0 if opts.mode == "max" else 1e9}
                     result.history.append(metrics)
-                    reporter.report(metrics, None)
+                    out.report(metrics, None)
+                    out.close()
                     return result
                 with _maybe_installed(model, layout, depth) as stand_in:
                     ev = evaluate(model, data.validation, opts.eval_batch_size, data.pad_token_id, device, amp,
-                                  (stand_in, cached["validation"]) if stand_in is not None else None)
+                                  (stand_in, cached["validation"]) if stand_in is not None else None, out.check)
                 # evaluate() put every module back in train mode; frozen ones must not drop out.
                 apply_plan(layout, model, plan.training_blocks, plan.embeddings_train)
                 last = epoch + 1 == recipe.epochs and part + 1 == len(parts)
@@ -403,6 +414,7 @@ def run_trial(
                 # After the last evaluation nothing resumes: AdamW's moments (twice the trainable
                 # weights) would only be written, copied by Ray into storage and deleted.
                 t_save = time.perf_counter()
+                out.wait()  # the previous checkpoint's hand-off, if still in flight
                 cdir = ckpt.save_checkpoint(root / f"checkpoint-epoch-{progress}", model,
                                             None if last else optimizer, state)
                 # Not in the checkpoint's own history: it is known only once that is written.
@@ -413,9 +425,12 @@ def run_trial(
                     kept = _prune_kept(kept, opts.keep_checkpoints, opts.mode, keep=cdir)
                     best_val = result.best[opts.metric]
                     result.best_checkpoint = next((p for v, p in kept if v == best_val), result.best_checkpoint)
-                reporter.report(metrics, cdir)
-                if tmp_root is not None:
-                    shutil.rmtree(cdir, ignore_errors=True)
+                out.report(metrics, cdir, then=(lambda d=cdir: shutil.rmtree(d, ignore_errors=True))
+                           if tmp_root is not None else None)
+        out.close()
+    except BaseException:
+        out.close(raise_error=False)
+        raise
     finally:
         if tmp_root is not None:
             scratch.release(tmp_root)

@@ -7,7 +7,10 @@ the given model on the given data and prints one table:
 - full fine-tuning in fp32, bf16 autocast and fp16 autocast + GradScaler (``train.precision``);
 - 4 frozen blocks with and without the frozen-prefix cache (``train.cache_frozen``), bf16;
 - one bf16 trial alone, then two at once in two processes on the same GPU: what Ray does
-  with ``resources.gpus_per_trial: 0.5`` (both workers see the one device).
+  with ``resources.gpus_per_trial: 0.5`` (both workers see the one device);
+- full fine-tuning, bf16, each checkpoint copied into a storage folder as ``tune.report``
+  does, with ``train.overlap_checkpoints`` false then true (whose ``auto`` turns it on for
+  GPU trials without a measurement behind it: this row is that measurement).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu_check.py --model PATH --data ../shared/data/sms_spam
 
@@ -46,7 +49,21 @@ def prepare(args: argparse.Namespace) -> tuple[Any, Any, Path]:
     return cfg, tokenize_for(plan), work
 
 
-def one_trial(prepared: tuple[Any, Any, Path], precision: str, frozen: int, cache: bool) -> dict[str, Any]:
+class CopyingReporter:
+    """Copies each checkpoint it is handed into a storage folder, as Ray Tune's report does."""
+
+    def __init__(self, storage: Path) -> None:
+        self.storage, self.copies = storage, 0
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        if checkpoint_dir is not None:
+            shutil.copytree(checkpoint_dir, self.storage / f"checkpoint_{self.copies:06d}")
+            self.copies += 1
+
+
+def one_trial(prepared: tuple[Any, Any, Path], precision: str, frozen: int, cache: bool,
+              overlap: bool | None = None) -> dict[str, Any]:
+    """``overlap`` set: checkpoints are handed to a CopyingReporter, overlapped with training or not."""
     import torch
 
     from autoft.trial import PrintReporter, RunOptions, pick_device, run_trial
@@ -59,8 +76,12 @@ def one_trial(prepared: tuple[Any, Any, Path], precision: str, frozen: int, cach
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     opts = RunOptions(precision=precision, cache_frozen=cache, cache_dir=own / "cache", checkpoint_dir=own / "ckpt")
+    reporter: Any = PrintReporter(echo=lambda _line: None)
+    if overlap is not None:
+        opts.checkpoint_dir, opts.overlap_checkpoints = None, overlap
+        reporter = CopyingReporter(own)
     t0 = time.perf_counter()
-    result = run_trial(recipe, data, Path(cfg.model.path), PrintReporter(echo=lambda _line: None), opts)
+    result = run_trial(recipe, data, Path(cfg.model.path), reporter, opts)
     wall = time.perf_counter() - t0
     epochs = [m["epoch_seconds"] for m in result.history]
     return {"status": result.status, "wall_s": wall, "first_epoch_s": epochs[0],
@@ -121,14 +142,16 @@ def main() -> int:
     rows: list[tuple[str, dict[str, Any]]] = []
     prepared = prepare(args)
     try:
-        for name, precision, frozen, cache in (
+        for name, precision, frozen, cache, *overlap in (
             ("full FT, fp32", "fp32", 0, True),
             ("full FT, bf16 autocast", "bf16", 0, True),
             ("full FT, fp16 autocast + GradScaler", "fp16", 0, True),
             ("4 frozen, bf16, no cache", "bf16", 4, False),
             ("4 frozen, bf16, cache", "bf16", 4, True),
+            ("full FT, bf16, copied ckpts, overlap off", "bf16", 0, True, False),
+            ("full FT, bf16, copied ckpts, overlap on", "bf16", 0, True, True),
         ):
-            rows.append((name, one_trial(prepared, precision, frozen, cache)))
+            rows.append((name, one_trial(prepared, precision, frozen, cache, *overlap)))
             print(f"  {name}: {json.dumps(rows[-1][1])}", flush=True)
     finally:
         shutil.rmtree(prepared[2], ignore_errors=True)
@@ -144,6 +167,8 @@ def main() -> int:
     print(f"\ntwo trials sharing one GPU: {two:.1f} s for both against {one:.1f} s for one alone "
           f"(run_trial's wall time: model loading included, tokenizing not): {2 * one / two:.2f}x the throughput of one at a time")
     by = dict(rows)
+    print(f"checkpoint copies overlapped with training (trial wall, off/on): "
+          f"{by['full FT, bf16, copied ckpts, overlap off']['wall_s'] / by['full FT, bf16, copied ckpts, overlap on']['wall_s']:.2f}x")
     print(f"bf16 vs fp32 (later epochs): {by['full FT, fp32']['later_epoch_s'] / by['full FT, bf16 autocast']['later_epoch_s']:.2f}x; "
           f"prefix cache at 4 frozen (later epochs): "
           f"{by['4 frozen, bf16, no cache']['later_epoch_s'] / by['4 frozen, bf16, cache']['later_epoch_s']:.2f}x")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +71,10 @@ class Setup:
 
     def run(self, reporter: Any = None, checkpoint_dir: Path | None = None, keep: int = 1,
             resume_from: Path | None = None, metric: str = "eval_f1", mode: str = "max",
-            evals_per_epoch: int = 1, **recipe: Any) -> TrialResult:
+            evals_per_epoch: int = 1, overlap: bool | str = True, **recipe: Any) -> TrialResult:
         options = RunOptions(device="cpu", precision="fp32", threads=1, checkpoint_dir=checkpoint_dir,
-                             keep_checkpoints=keep, metric=metric, mode=mode, evals_per_epoch=evals_per_epoch)
+                             keep_checkpoints=keep, metric=metric, mode=mode, evals_per_epoch=evals_per_epoch,
+                             overlap_checkpoints=overlap)
         return run_trial(self.recipe(**recipe), self.data, self.model_path, reporter or ListReporter(),
                          options, resume_from=resume_from)
 
@@ -141,6 +144,92 @@ def test_trial_without_checkpoint_dir_hands_temporary_checkpoints(setup: Setup) 
     assert {"model.safetensors", "config.json", "trainer_state.json"} <= rep.dir_contents[0]
     assert not cdir.exists()  # removed once the reporter has had it
     assert result.status == "completed"
+
+
+class WeightsReporter(ListReporter):
+    """Keeps the weights of every checkpoint handed to it; optionally holds each report until
+    the trial has taken another optimizer step (or ``hold`` seconds pass)."""
+
+    def __init__(self, steps: dict[str, int] | None = None, hold: float = 0.0) -> None:
+        super().__init__()
+        self.steps, self.hold = steps, hold
+        self.weights: list[dict[str, torch.Tensor]] = []
+        self.trained_meanwhile: list[bool] = []
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        super().report(metrics, checkpoint_dir)
+        self.weights.append(weights(checkpoint_dir) if checkpoint_dir else {})
+        if self.steps is not None and metrics["autoft_status"] == "running":
+            start, deadline = self.steps["n"], time.monotonic() + self.hold
+            while self.steps["n"] == start and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.trained_meanwhile.append(self.steps["n"] > start)
+
+
+@pytest.fixture()
+def steps(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Optimizer steps the trial has taken so far."""
+    count = {"n": 0}
+    original = torch.optim.AdamW.step
+
+    def step(self: torch.optim.AdamW, *args: Any, **kwargs: Any) -> Any:
+        count["n"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    return count
+
+
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "wait"])
+def test_handed_off_checkpoints_train_on_while_reported(setup: Setup, steps: dict[str, int], overlap: bool) -> None:
+    rep = WeightsReporter(steps, hold=10 if overlap else 0.3)
+    setup.run(rep, checkpoint_dir=None, epochs=2, overlap=overlap)
+    # With overlap the trial's next steps ran while its first report was in flight; without,
+    # the trial waited for the report (this reporter holds it 0.3 s).
+    assert rep.trained_meanwhile == [overlap]
+    assert not any(cdir.exists() for _, cdir in rep.reports)  # each removed once reported
+
+
+def test_auto_overlap_reports_on_the_training_thread_on_cpu(setup: Setup) -> None:
+    class ThreadReporter(ListReporter):
+        def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+            super().report(metrics, checkpoint_dir)
+            self.thread = threading.current_thread()
+
+    rep = ThreadReporter()
+    setup.run(rep, checkpoint_dir=None, epochs=1, overlap="auto")
+    assert rep.thread is threading.current_thread()
+
+
+def test_overlapping_hand_offs_change_no_result(setup: Setup) -> None:
+    recipe = {"epochs": 2, "dropout": 0.2, "seed": 7}
+    runs = {}
+    for overlap in (True, False):
+        rep = WeightsReporter()
+        result = setup.run(rep, checkpoint_dir=None, evals_per_epoch=2, overlap=overlap, **recipe)
+        runs[overlap] = (rep, result)
+    (a, ra), (b, rb) = runs[True], runs[False]
+    assert_history_equal(ra.history, rb.history)
+    assert_history_equal(a.metrics, b.metrics)
+    assert len(a.weights) == len(b.weights) == 4
+    for wa, wb in zip(a.weights, b.weights):
+        assert_tensors_close(wa, wb)  # each checkpoint as of its own evaluation, not later
+
+
+def test_trial_stopped_during_a_hand_off_stops_within_a_step(setup: Setup, steps: dict[str, int]) -> None:
+    class StopOnFirst(ListReporter):
+        def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+            super().report(metrics, checkpoint_dir)
+            self.at = steps["n"]
+            raise SystemExit(0)  # what Ray's tune.report does once the scheduler stopped the trial
+
+    rep = StopOnFirst()
+    steps_per_epoch = math.ceil(len(setup.data.train) / setup.cfg.train.batch_size)
+    with pytest.raises(SystemExit):
+        setup.run(rep, checkpoint_dir=None, epochs=3)
+    assert len(rep.reports) == 1
+    assert steps["n"] - rep.at < steps_per_epoch  # stopped inside the second epoch, not after it
+    assert not rep.reports[0][1].parent.exists()  # the trial's scratch folder went with it
 
 
 # --------------------------------------------------------------------------- (2) divergence

@@ -1,0 +1,82 @@
+"""Hands a trial's evaluations to its reporter, optionally on a background thread.
+
+Under Ray Tune, ``tune.report`` copies the checkpoint folder into the search's storage
+before it returns, then waits for the driver to take the result. Training need not wait
+for either: the folder is complete when it is handed over and the trial never touches it
+again. Measured on a 2-core machine, the copy was 0.36-0.48 s per 270 MB checkpoint once
+the disk's write-back ran, about half of a trial's in-trial overhead.
+
+One hand-off is in flight at a time, so results reach the reporter in the order they were
+made. Whatever the reporter raises on the background thread - an error, or the
+``SystemExit`` with which Ray ends a trial its scheduler stopped - is raised again in the
+training thread at its next :meth:`Handoff.check` (called once per optimizer step), so a
+stopped trial stops within a step of being told.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class Reporter(Protocol):
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None: ...
+
+
+class Handoff:
+    def __init__(self, reporter: Reporter, background: bool) -> None:
+        self._reporter = reporter
+        self._background = background
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None,
+               then: Callable[[], None] | None = None) -> None:
+        """Report (after the previous hand-off is done), then run ``then`` even if it raised."""
+        self.wait()
+        if not self._background:
+            try:
+                self._reporter.report(metrics, checkpoint_dir)
+            finally:
+                if then is not None:
+                    then()
+            return
+        # A copy: the caller's dict is the trial's history entry, read by its next checkpoint.
+        self._thread = threading.Thread(target=self._run, args=(dict(metrics), checkpoint_dir, then),
+                                        name="autoft-report", daemon=True)
+        self._thread.start()
+
+    def _run(self, metrics: dict[str, Any], checkpoint_dir: Path | None, then: Callable[[], None] | None) -> None:
+        try:
+            self._reporter.report(metrics, checkpoint_dir)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit included: it is Ray's stop signal
+            self._error = exc
+        finally:
+            if then is not None:
+                then()
+
+    def check(self) -> None:
+        """Raise what a finished background hand-off raised; never blocks."""
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def wait(self) -> float:
+        """Block until the hand-off in flight is done, raise what it raised; returns seconds waited."""
+        t0 = time.perf_counter()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.check()
+        return time.perf_counter() - t0
+
+    def close(self, raise_error: bool = True) -> None:
+        """Wait for the hand-off in flight; ``raise_error=False`` when the trial is already failing."""
+        try:
+            self.wait()
+        except BaseException:
+            if raise_error:
+                raise

@@ -4,7 +4,9 @@ Under Ray Tune, ``tune.report`` copies the checkpoint folder into the search's s
 before it returns, then waits for the driver to take the result. Training need not wait
 for either: the folder is complete when it is handed over and the trial never touches it
 again. Measured on a 2-core machine, the copy was 0.36-0.48 s per 270 MB checkpoint once
-the disk's write-back ran, about half of a trial's in-trial overhead.
+the disk's write-back ran, about half of a trial's in-trial overhead - but overlapping it
+there made the epochs slower by about as much (the copy needs the cores training uses), so
+it is opt-in (``train.overlap_checkpoints``), for trials that leave the host cores idle.
 
 One hand-off is in flight at a time, so results reach the reporter in the order they were
 made. Whatever the reporter raises on the background thread - an error, or the
@@ -38,11 +40,8 @@ class Handoff:
         """Report (after the previous hand-off is done), then run ``then`` even if it raised."""
         self.wait()
         if not self._background:
-            try:
-                self._reporter.report(metrics, checkpoint_dir)
-            finally:
-                if then is not None:
-                    then()
+            self._run(metrics, checkpoint_dir, then)
+            self.check()
             return
         # A copy: the caller's dict is the trial's history entry, read by its next checkpoint.
         self._thread = threading.Thread(target=self._run, args=(dict(metrics), checkpoint_dir, then),

@@ -53,10 +53,11 @@ def usable_checkpoint(given: Path) -> Path | None:
 def tune_trial(config: dict[str, Any], data: PreparedData, setup: dict[str, Any]) -> None:
     from ray import tune
 
-    wait_for_stopped_threads()
     overrides = {k: v for k, v in config.items() if k in RECIPE_FIELDS}
     recipe = Recipe.from_dict({**setup["base_recipe"], **overrides})
     options = RunOptions(**setup["options"])
+    if options.overlap_checkpoints:
+        wait_for_stopped_threads()
     options.epoch_hook = faults.hook_for(trial_number_of(config), tune.get_context().get_trial_dir())
     model_path = Path(setup["model_path"])
     checkpoint = tune.get_checkpoint()

@@ -52,8 +52,7 @@ class RunOptions:
     evals_per_epoch: int = 1
     # With checkpoints handed to the reporter (checkpoint_dir None): report on a background
     # thread, so training goes on while Ray Tune copies each checkpoint into storage (handoff).
-    # "auto": on a GPU only; on CPU cores the copy competes with training (measured: no faster).
-    overlap_checkpoints: bool | str = "auto"
+    overlap_checkpoints: bool = False
 
 
 @dataclass
@@ -313,8 +312,7 @@ def run_trial(
     result = TrialResult(status="completed", reason="", history=history, best=best)
     kept: list[tuple[float, Path]] = []
     tmp_root = scratch.make() if opts.checkpoint_dir is None else None
-    overlap = opts.overlap_checkpoints is True or (opts.overlap_checkpoints == "auto" and device.type == "cuda")
-    out = Handoff(reporter, background=overlap and tmp_root is not None)
+    out = Handoff(reporter, background=opts.overlap_checkpoints and tmp_root is not None)
     if resume_from is not None and opts.checkpoint_dir is not None:
         kept = _existing_checkpoints(opts.checkpoint_dir, result.history, opts.metric)
         result.last_checkpoint = Path(resume_from)
@@ -413,8 +411,8 @@ def run_trial(
                 assert root is not None
                 # After the last evaluation nothing resumes: AdamW's moments (twice the trainable
                 # weights) would only be written, copied by Ray into storage and deleted.
-                t_save = time.perf_counter()
                 out.wait()  # the previous checkpoint's hand-off, if still in flight
+                t_save = time.perf_counter()
                 cdir = ckpt.save_checkpoint(root / f"checkpoint-epoch-{progress}", model,
                                             None if last else optimizer, state)
                 # Not in the checkpoint's own history: it is known only once that is written.

@@ -9,8 +9,8 @@ the given model on the given data and prints one table:
 - one bf16 trial alone, then two at once in two processes on the same GPU: what Ray does
   with ``resources.gpus_per_trial: 0.5`` (both workers see the one device);
 - full fine-tuning, bf16, each checkpoint copied into a storage folder as ``tune.report``
-  does, with ``train.overlap_checkpoints`` false then true (whose ``auto`` turns it on for
-  GPU trials without a measurement behind it: this row is that measurement).
+  does, with ``train.overlap_checkpoints`` false then true (off by default: no faster on
+  2 CPU cores; these rows say whether it pays on a GPU).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu_check.py --model PATH --data ../shared/data/sms_spam
 

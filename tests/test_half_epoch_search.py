@@ -28,8 +28,8 @@ def half_search(tmp_path_factory, tiny_model, tiny_data):
         f"search.num_trials={N_TRIALS}", "search.max_concurrent=1", "search.metric=eval_loss",
         "search.mode=min", "search.seed=5", "pruning.grace_period=1", "pruning.reduction_factor=2",
         "tracking.log_best_model=false",
-        # Forced on (auto overlaps on a GPU only): ASHA's stops then reach trials while a report
-        # is in flight on the hand-off thread, and the next trial reuses the stopped one's actor.
+        # On (off by default): ASHA's stops then reach trials while a report is in flight on
+        # the hand-off thread, and the next trial reuses the stopped one's actor.
         "train.overlap_checkpoints=true",
     ])
     lines: list[str] = []

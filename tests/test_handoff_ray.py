@@ -21,9 +21,11 @@ STEP_S = 3.0
 
 
 @pytest.fixture()
-def local_ray():
+def local_ray(monkeypatch: pytest.MonkeyPatch):
     import ray
 
+    # Before Ray starts: its workers keep the environment they start with.
+    monkeypatch.delenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", raising=False)
     started = not ray.is_initialized()
     if started:
         ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
@@ -33,14 +35,12 @@ def local_ray():
         ray.shutdown()
 
 
-def test_reused_actor_takes_the_next_trial_after_a_stop(local_ray: None, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reused_actor_takes_the_next_trial_after_a_stop(local_ray: None, tmp_path: Path) -> None:
     """Without the raised wait (Ray 2.60, measured): Ray logs "Could not re-use actor ...
     reset_config() to be implemented and return True" for the second trial, and the
     search never ends (stopped by this suite's 300 s timeout)."""
     from ray import tune
 
-    monkeypatch.delenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", raising=False)
     def slow_trainable(config: dict[str, Any]) -> None:
         # Defined here so that Ray pickles it by value (workers cannot import this test module).
         from autoft.handoff import Handoff

@@ -71,7 +71,7 @@ class Setup:
 
     def run(self, reporter: Any = None, checkpoint_dir: Path | None = None, keep: int = 1,
             resume_from: Path | None = None, metric: str = "eval_f1", mode: str = "max",
-            evals_per_epoch: int = 1, overlap: bool | str = True, **recipe: Any) -> TrialResult:
+            evals_per_epoch: int = 1, overlap: bool = True, **recipe: Any) -> TrialResult:
         options = RunOptions(device="cpu", precision="fp32", threads=1, checkpoint_dir=checkpoint_dir,
                              keep_checkpoints=keep, metric=metric, mode=mode, evals_per_epoch=evals_per_epoch,
                              overlap_checkpoints=overlap)
@@ -190,15 +190,62 @@ def test_handed_off_checkpoints_train_on_while_reported(setup: Setup, steps: dic
     assert not any(cdir.exists() for _, cdir in rep.reports)  # each removed once reported
 
 
-def test_auto_overlap_reports_on_the_training_thread_on_cpu(setup: Setup) -> None:
+def test_reports_stay_on_the_training_thread_unless_asked(setup: Setup) -> None:
     class ThreadReporter(ListReporter):
         def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
             super().report(metrics, checkpoint_dir)
             self.thread = threading.current_thread()
 
+    assert RunOptions().overlap_checkpoints is False
+    assert load_config(None, []).train.overlap_checkpoints is False
     rep = ThreadReporter()
-    setup.run(rep, checkpoint_dir=None, epochs=1, overlap="auto")
+    setup.run(rep, checkpoint_dir=None, epochs=1, overlap=False)
     assert rep.thread is threading.current_thread()
+
+
+def test_training_error_during_a_hand_off_leaves_the_checkpoint_to_the_reporter(
+        setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trial fails while Ray would still be copying its checkpoint: the copy finishes from a
+    whole folder, then the trial's own error comes out (not the reporter's, not lost)."""
+    steps_per_epoch = math.ceil(len(setup.data.train) / setup.cfg.train.batch_size)
+    calls = {"n": 0}
+    original = nn.CrossEntropyLoss.forward
+
+    def forward(self: nn.CrossEntropyLoss, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == steps_per_epoch + 2:
+            raise Interrupt  # e.g. CUDA out of memory in the second epoch
+        return original(self, logits, target)
+
+    class SlowReader(WeightsReporter):
+        def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+            time.sleep(1.0)  # still copying when the training thread fails
+            super().report(metrics, checkpoint_dir)
+
+    monkeypatch.setattr(nn.CrossEntropyLoss, "forward", forward)
+    rep = SlowReader()
+    with pytest.raises(Interrupt):
+        setup.run(rep, checkpoint_dir=None, epochs=2, overlap=True)
+    assert len(rep.weights) == 1 and rep.weights[0]  # read whole, after the trial had failed
+    assert not rep.reports[0][1].parent.exists()  # and the scratch folder went afterwards
+
+
+def test_divergence_with_overlap_reports_in_order(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    steps_per_epoch = math.ceil(len(setup.data.train) / setup.cfg.train.batch_size)
+    calls = {"n": 0}
+    original = nn.CrossEntropyLoss.forward
+
+    def forward(self: nn.CrossEntropyLoss, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        loss = original(self, logits, target)
+        return loss * float("nan") if calls["n"] == steps_per_epoch + 3 else loss
+
+    monkeypatch.setattr(nn.CrossEntropyLoss, "forward", forward)
+    rep = WeightsReporter()
+    result = setup.run(rep, checkpoint_dir=None, epochs=3, overlap=True)
+    assert result.status == "diverged" and result.reason == "loss became nan at epoch 2 step 3"
+    assert [m["autoft_status"] for m in rep.metrics] == ["running", "diverged"]
+    assert rep.weights[0] and rep.reports[1][1] is None
 
 
 def test_overlapping_hand_offs_change_no_result(setup: Setup) -> None:

@@ -146,6 +146,28 @@ def test_trial_without_checkpoint_dir_hands_temporary_checkpoints(setup: Setup) 
     assert result.status == "completed"
 
 
+def fail_loss_at(monkeypatch: pytest.MonkeyPatch, call: int, fail: Any) -> dict[str, int]:
+    """CrossEntropyLoss's ``call``-th call returns ``fail(loss)`` (or raises from it); returns the call count."""
+    calls = {"n": 0}
+    original = nn.CrossEntropyLoss.forward
+
+    def forward(self: nn.CrossEntropyLoss, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        loss = original(self, logits, target)
+        return fail(loss) if calls["n"] == call else loss
+
+    monkeypatch.setattr(nn.CrossEntropyLoss, "forward", forward)
+    return calls
+
+
+def nan(loss: torch.Tensor) -> torch.Tensor:
+    return loss * float("nan")
+
+
+def interrupt(loss: torch.Tensor) -> torch.Tensor:
+    raise Interrupt  # e.g. CUDA out of memory
+
+
 class WeightsReporter(ListReporter):
     """Keeps the weights of every checkpoint handed to it; optionally holds each report until
     the trial has taken another optimizer step (or ``hold`` seconds pass)."""
@@ -208,21 +230,13 @@ def test_training_error_during_a_hand_off_leaves_the_checkpoint_to_the_reporter(
     """The trial fails while Ray would still be copying its checkpoint: the copy finishes from a
     whole folder, then the trial's own error comes out (not the reporter's, not lost)."""
     steps_per_epoch = math.ceil(len(setup.data.train) / setup.cfg.train.batch_size)
-    calls = {"n": 0}
-    original = nn.CrossEntropyLoss.forward
-
-    def forward(self: nn.CrossEntropyLoss, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        calls["n"] += 1
-        if calls["n"] == steps_per_epoch + 2:
-            raise Interrupt  # e.g. CUDA out of memory in the second epoch
-        return original(self, logits, target)
+    fail_loss_at(monkeypatch, steps_per_epoch + 2, interrupt)  # in the second epoch
 
     class SlowReader(WeightsReporter):
         def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
             time.sleep(1.0)  # still copying when the training thread fails
             super().report(metrics, checkpoint_dir)
 
-    monkeypatch.setattr(nn.CrossEntropyLoss, "forward", forward)
     rep = SlowReader()
     with pytest.raises(Interrupt):
         setup.run(rep, checkpoint_dir=None, epochs=2, overlap=True)
@@ -232,15 +246,7 @@ def test_training_error_during_a_hand_off_leaves_the_checkpoint_to_the_reporter(
 
 def test_divergence_with_overlap_reports_in_order(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
     steps_per_epoch = math.ceil(len(setup.data.train) / setup.cfg.train.batch_size)
-    calls = {"n": 0}
-    original = nn.CrossEntropyLoss.forward
-
-    def forward(self: nn.CrossEntropyLoss, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        calls["n"] += 1
-        loss = original(self, logits, target)
-        return loss * float("nan") if calls["n"] == steps_per_epoch + 3 else loss
-
-    monkeypatch.setattr(nn.CrossEntropyLoss, "forward", forward)
+    fail_loss_at(monkeypatch, steps_per_epoch + 3, nan)
     rep = WeightsReporter()
     result = setup.run(rep, checkpoint_dir=None, epochs=3, overlap=True)
     assert result.status == "diverged" and result.reason == "loss became nan at epoch 2 step 3"
@@ -299,15 +305,7 @@ def test_huge_learning_rate_diverges_without_raising(setup: Setup, tmp_path: Pat
 def test_nan_loss_in_second_epoch_stops_there(setup: Setup, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     steps_per_epoch = math.ceil(len(setup.data.train) / setup.cfg.train.batch_size)
-    calls = {"n": 0}
-    original = nn.CrossEntropyLoss.forward
-
-    def forward(self: nn.CrossEntropyLoss, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        calls["n"] += 1
-        loss = original(self, logits, target)
-        return loss * float("nan") if calls["n"] == steps_per_epoch + 3 else loss
-
-    monkeypatch.setattr(nn.CrossEntropyLoss, "forward", forward)
+    calls = fail_loss_at(monkeypatch, steps_per_epoch + 3, nan)
     rep = ListReporter()
     result = setup.run(rep, checkpoint_dir=tmp_path / "ckpt", epochs=3)
     assert result.status == "diverged"

@@ -72,6 +72,14 @@ class Handoff:
         self.check()
         return time.perf_counter() - t0
 
+    def __enter__(self) -> Handoff:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        # Leaving with an error of the trial's own: wait for the report in flight (it may still
+        # be reading the checkpoint), but let that error, not the reporter's, come out.
+        self.close(raise_error=exc_type is None)
+
     def close(self, raise_error: bool = True) -> None:
         """Wait for the hand-off in flight; ``raise_error=False`` when the trial is already failing."""
         try:

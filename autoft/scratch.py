@@ -15,10 +15,11 @@ for a Ray node's workers); folders of processes still alive are never touched.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 PREFIX = "autoft-ckpt-"
@@ -31,6 +32,16 @@ def make() -> Path:
     path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
     _OWN.add(path)
     return path
+
+
+@contextlib.contextmanager
+def folder() -> Iterator[Path]:
+    """:func:`make`, released when the block ends however it ends."""
+    path = make()
+    try:
+        yield path
+    finally:
+        release(path)
 
 
 def release(path: Path) -> None:

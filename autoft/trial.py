@@ -311,8 +311,6 @@ def run_trial(
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     result = TrialResult(status="completed", reason="", history=history, best=best)
     kept: list[tuple[float, Path]] = []
-    tmp_root = scratch.make() if opts.checkpoint_dir is None else None
-    out = Handoff(reporter, background=opts.overlap_checkpoints and tmp_root is not None)
     if resume_from is not None and opts.checkpoint_dir is not None:
         kept = _existing_checkpoints(opts.checkpoint_dir, result.history, opts.metric)
         result.last_checkpoint = Path(resume_from)
@@ -322,7 +320,9 @@ def run_trial(
             result.best_checkpoint = next((p for v, p in kept if v == result.best[opts.metric]), None)
 
     start_epoch, start_part = divmod(done_evals, len(parts))
-    try:
+    handed_off = opts.checkpoint_dir is None  # written to a scratch folder, handed to the reporter, deleted
+    with (scratch.folder() if handed_off else contextlib.nullcontext()) as tmp_root, \
+            Handoff(reporter, background=opts.overlap_checkpoints and handed_off) as out:
         for epoch in range(start_epoch, recipe.epochs):
             if opts.epoch_hook is not None:
                 out.wait()  # a fault injected here must find the checkpoints reported so far on disk
@@ -374,7 +374,6 @@ def run_trial(
                                opts.metric: 0.0 if opts.mode == "max" else 1e9}
                     result.history.append(metrics)
                     out.report(metrics, None)
-                    out.close()
                     return result
                 with _maybe_installed(model, layout, depth) as stand_in:
                     ev = evaluate(model, data.validation, opts.eval_batch_size, data.pad_token_id, device, amp,
@@ -424,14 +423,7 @@ def run_trial(
                     best_val = result.best[opts.metric]
                     result.best_checkpoint = next((p for v, p in kept if v == best_val), result.best_checkpoint)
                 out.report(metrics, cdir, then=(lambda d=cdir: shutil.rmtree(d, ignore_errors=True))
-                           if tmp_root is not None else None)
-        out.close()
-    except BaseException:
-        out.close(raise_error=False)
-        raise
-    finally:
-        if tmp_root is not None:
-            scratch.release(tmp_root)
+                           if handed_off else None)
     return result
 
 

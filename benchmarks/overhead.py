@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +40,13 @@ params:
   learning_rate: {float: [5.0e-5, 3.0e-4], log: true}
   weight_decay:  {float: [1.0e-3, 1.0e-1], log: true}
 """
+
+
+MEANS = ("wall_s", "in_trial_s", "mean_trial_s", "overhead_share")  # averaged over searches, per setting
+
+
+def onoff(row: dict) -> str:
+    return "on" if row["overlap"] else "off"
 
 
 def run(trials: int, samples: int, epochs: int, concurrency: int, model: str, overlap: bool = False) -> dict:
@@ -99,10 +107,10 @@ def main() -> None:
     print(f"{'concurrency':>11} {'overlap':>7} {'trials':>6} {'trial s (mean)':>14} {'wall s':>8} {'trial compute s':>16} "
           f"{'overhead/trial s':>17} {'overhead %':>10} {'in-trial s/trial':>16} {'per-search s':>12}")
     for r in rows:
-        print(f"{r['concurrency']:>11} {'on' if r['overlap'] else 'off':>7} {r['trials']:>6} {r['mean_trial_s']:>14.1f} {r['wall_s']:>8.1f} "
+        print(f"{r['concurrency']:>11} {onoff(r):>7} {r['trials']:>6} {r['mean_trial_s']:>14.1f} {r['wall_s']:>8.1f} "
               f"{r['trial_compute_s']:>16.1f} {r['overhead_per_trial_s']:>17.2f} {100 * r['overhead_share']:>9.1f}% "
               f"{r['in_trial_s']:>16.2f} {r['per_search_s']:>12.1f}")
-    label = [f"concurrency {r['concurrency']}, overlap {'on' if r['overlap'] else 'off'}" for r in rows]
+    label = [f"concurrency {r['concurrency']}, overlap {onoff(r)}" for r in rows]
     print("in-trial, writing checkpoints (s/trial): " + " | ".join(
         f"{lab}: {r['checkpoint_s']:.2f}" for lab, r in zip(label, rows)))
     print("per-search phases (s): " + " | ".join(
@@ -110,15 +118,14 @@ def main() -> None:
         for lab, r in zip(label, rows)))
     for c in dict.fromkeys(r["concurrency"] for r in rows):
         by = {o: [r for r in rows if r["concurrency"] == c and r["overlap"] == o] for o in (False, True)}
-        if by[False] and by[True]:
-            def mean(o: bool, key: str, by: dict = by) -> float:
-                return sum(r[key] for r in by[o]) / len(by[o])
-
-            print(f"concurrency {c} (mean of {len(by[False])} off, {len(by[True])} on): "
-                  f"wall off/on {mean(False, 'wall_s') / mean(True, 'wall_s'):.3f}x, "
-                  f"in-trial s/trial {mean(False, 'in_trial_s'):.2f} -> {mean(True, 'in_trial_s'):.2f}, "
-                  f"trial compute s (mean) {mean(False, 'mean_trial_s'):.1f} -> {mean(True, 'mean_trial_s'):.1f}, "
-                  f"overhead {100 * mean(False, 'overhead_share'):.1f}% -> {100 * mean(True, 'overhead_share'):.1f}%")
+        if not (by[False] and by[True]):
+            continue
+        off, on = ({k: statistics.fmean(r[k] for r in by[o]) for k in MEANS} for o in (False, True))
+        print(f"concurrency {c} (mean of {len(by[False])} off, {len(by[True])} on): "
+              f"wall off/on {off['wall_s'] / on['wall_s']:.3f}x, "
+              f"in-trial s/trial {off['in_trial_s']:.2f} -> {on['in_trial_s']:.2f}, "
+              f"trial compute s (mean) {off['mean_trial_s']:.1f} -> {on['mean_trial_s']:.1f}, "
+              f"overhead {100 * off['overhead_share']:.1f}% -> {100 * on['overhead_share']:.1f}%")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"settings": {**vars(args), "output": str(args.output)},
                                        "load_start": load, "rows": rows}, indent=2))

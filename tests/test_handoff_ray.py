@@ -47,16 +47,11 @@ def test_reused_actor_takes_the_next_trial_after_a_stop(local_ray: None, tmp_pat
         from autoft.ray_trainable import _TuneReporter, wait_for_stopped_threads
 
         wait_for_stopped_threads()
-        out = Handoff(_TuneReporter(), background=True)
-        try:
+        with Handoff(_TuneReporter(), background=True) as out:
             for i in range(4):
                 time.sleep(STEP_S)  # one optimizer step, longer than Ray's default wait
                 out.check()
                 out.report({"i": i, "score": float(i)}, None)
-        except BaseException:
-            out.close(raise_error=False)
-            raise
-        out.close()
 
     tuner = tune.Tuner(
         tune.with_resources(slow_trainable, {"cpu": 1}),

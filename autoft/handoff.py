@@ -18,7 +18,6 @@ stopped trial stops within a step of being told.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,14 +62,12 @@ class Handoff:
             error, self._error = self._error, None
             raise error
 
-    def wait(self) -> float:
-        """Block until the hand-off in flight is done, raise what it raised; returns seconds waited."""
-        t0 = time.perf_counter()
+    def wait(self) -> None:
+        """Block until the hand-off in flight is done, raise what it raised."""
         if self._thread is not None:
             self._thread.join()
             self._thread = None
         self.check()
-        return time.perf_counter() - t0
 
     def __enter__(self) -> Handoff:
         return self

@@ -142,16 +142,16 @@ def main() -> int:
     rows: list[tuple[str, dict[str, Any]]] = []
     prepared = prepare(args)
     try:
-        for name, precision, frozen, cache, *overlap in (
-            ("full FT, fp32", "fp32", 0, True),
-            ("full FT, bf16 autocast", "bf16", 0, True),
-            ("full FT, fp16 autocast + GradScaler", "fp16", 0, True),
-            ("4 frozen, bf16, no cache", "bf16", 4, False),
-            ("4 frozen, bf16, cache", "bf16", 4, True),
+        for name, precision, frozen, cache, overlap in (
+            ("full FT, fp32", "fp32", 0, True, None),
+            ("full FT, bf16 autocast", "bf16", 0, True, None),
+            ("full FT, fp16 autocast + GradScaler", "fp16", 0, True, None),
+            ("4 frozen, bf16, no cache", "bf16", 4, False, None),
+            ("4 frozen, bf16, cache", "bf16", 4, True, None),
             ("full FT, bf16, copied ckpts, overlap off", "bf16", 0, True, False),
             ("full FT, bf16, copied ckpts, overlap on", "bf16", 0, True, True),
         ):
-            rows.append((name, one_trial(prepared, precision, frozen, cache, *overlap)))
+            rows.append((name, one_trial(prepared, precision, frozen, cache, overlap)))
             print(f"  {name}: {json.dumps(rows[-1][1])}", flush=True)
     finally:
         shutil.rmtree(prepared[2], ignore_errors=True)

@@ -29,6 +29,7 @@ from autoft.models import check_model_dir, load_tokenizer, model_config, preload
 from autoft.outcome import best_row, row_best
 from autoft.recipe import Recipe
 from autoft.space import SearchSpace, load_space
+from autoft.storage_fs import linking_local
 
 
 @dataclass
@@ -171,6 +172,12 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
 
 STATE_FILE = "autoft_search.json"
 RESULT_FILE = "search.json"  # written when a search ends, whatever its status
+SCRATCH_DIR = ".scratch"  # in the storage folder: trials' checkpoints until Ray takes them
+
+
+def storage_filesystem() -> Any:
+    """What Ray Tune reads and writes the storage through (its checkpoint copies are links)."""
+    return linking_local()
 
 
 @dataclass
@@ -414,7 +421,9 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
                          "cache_frozen": cfg.train.cache_frozen, "cache_dir": storage / "prefix-cache",
                          "cache_max_bytes": cfg.train.cache_max_bytes,
                          "evals_per_epoch": plan.evals_per_epoch,
-                         "overlap_checkpoints": cfg.train.overlap_checkpoints}}
+                         "overlap_checkpoints": cfg.train.overlap_checkpoints,
+                         # On the storage's device: Ray's copy of a checkpoint is then a link.
+                         "scratch_root": storage / SCRATCH_DIR}}
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, data=data, setup=setup),
         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial})
@@ -452,7 +461,8 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
                 trial_dirname_creator=_trial_dirname,
             ),
             run_config=tune.RunConfig(
-                name=search_id, storage_path=str(storage), callbacks=callbacks, verbose=0,
+                name=search_id, storage_path=str(storage), storage_filesystem=storage_filesystem(),
+                callbacks=callbacks, verbose=0,
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=cfg.search.keep_checkpoints, checkpoint_score_attribute=metric,
                     checkpoint_score_order=mode),
@@ -460,7 +470,8 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
             ),
         )
     else:
-        tuner = tune.Tuner.restore(str(search_dir), trainable, resume_unfinished=True,
+        tuner = tune.Tuner.restore(str(search_dir), trainable, storage_filesystem=storage_filesystem(),
+                                   resume_unfinished=True,
                                    resume_errored=not resume.restart_errored,
                                    restart_errored=resume.restart_errored)
     search_alg = _restored_search_alg(tuner)

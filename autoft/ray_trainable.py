@@ -6,13 +6,14 @@ data arrives once through the object store (``tune.with_parameters``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 from autoft import checkpoint as ckpt
-from autoft import faults
+from autoft import faults, storage_fs
 from autoft.data import PreparedData
 from autoft.recipe import RECIPE_FIELDS, Recipe
 from autoft.space import trial_number_of
@@ -23,8 +24,17 @@ class _TuneReporter:
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         from ray import tune
 
-        checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        # On the filesystem the controller gave Ray for storage, so Ray's copy is a hard link.
+        checkpoint = tune.Checkpoint(str(checkpoint_dir), filesystem=storage_fs.linking_local()) if checkpoint_dir else None
         tune.report(metrics, checkpoint=checkpoint)
+
+
+def node_scratch_root(root: str | Path) -> Path:
+    """This Ray node's scratch folder under ``root``: storage that several nodes mount must not
+    let one node sweep another's live folders (scratch owners are process ids, per node)."""
+    import ray
+
+    return Path(root) / f"node-{ray.get_runtime_context().get_node_id()[:16]}"
 
 
 # How long a reused actor waits for a stopped trial's thread before it takes the next trial.
@@ -56,6 +66,8 @@ def tune_trial(config: dict[str, Any], data: PreparedData, setup: dict[str, Any]
     overrides = {k: v for k, v in config.items() if k in RECIPE_FIELDS}
     recipe = Recipe.from_dict({**setup["base_recipe"], **overrides})
     options = RunOptions(**setup["options"])
+    if options.scratch_root is not None:
+        options.scratch_root = node_scratch_root(options.scratch_root)
     if options.overlap_checkpoints:
         wait_for_stopped_threads()
     options.epoch_hook = faults.hook_for(trial_number_of(config), tune.get_context().get_trial_dir())
@@ -64,5 +76,7 @@ def tune_trial(config: dict[str, Any], data: PreparedData, setup: dict[str, Any]
     if checkpoint is None:
         run_trial(recipe, data, model_path, _TuneReporter(), options)
         return
-    with checkpoint.as_directory() as resume_dir:
+    # as_directory would copy a checkpoint on any filesystem but pyarrow's own local one.
+    with (contextlib.nullcontext(checkpoint.path) if storage_fs.is_local(checkpoint.filesystem)
+          else checkpoint.as_directory()) as resume_dir:
         run_trial(recipe, data, model_path, _TuneReporter(), options, resume_from=usable_checkpoint(Path(resume_dir)))

@@ -1,15 +1,16 @@
 """Scratch folders for the checkpoints a trial hands to Ray Tune.
 
 Under Tune a trial writes each checkpoint to a scratch folder, ``tune.report``
-copies it into the search's storage, and the trial deletes it. A worker killed
+links (or copies) it into the search's storage, and the trial deletes it. A worker killed
 outright (out of memory, SIGKILL, a trial timeout) never runs that clean-up, so
 its folder - a full model plus optimizer state, hundreds of MB for a base-size
 model - would outlive it. Each folder's name carries its process id: a process
 removes its own at exit, and the next trial on the machine removes any whose
 process is gone.
 
-Assumes the processes that share a temporary folder share a PID namespace (true
-for a Ray node's workers); folders of processes still alive are never touched.
+Assumes the processes that share a scratch root share a PID namespace (true for a
+Ray node's workers: a root on storage that several nodes mount gets a folder per
+node, see ``ray_trainable``); folders of processes still alive are never touched.
 """
 
 from __future__ import annotations
@@ -26,18 +27,21 @@ PREFIX = "autoft-ckpt-"
 _OWN: set[Path] = set()
 
 
-def make() -> Path:
-    """A new scratch folder for this process, after clearing dead processes' ones."""
-    sweep()
-    path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+def make(root: str | Path | None = None) -> Path:
+    """A new scratch folder for this process under ``root`` (None: the system's temporary
+    folder), after clearing dead processes' ones there."""
+    if root is not None:
+        Path(root).mkdir(parents=True, exist_ok=True)
+    sweep(root)
+    path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=root))
     _OWN.add(path)
     return path
 
 
 @contextlib.contextmanager
-def folder() -> Iterator[Path]:
+def folder(root: str | Path | None = None) -> Iterator[Path]:
     """:func:`make`, released when the block ends however it ends."""
-    path = make()
+    path = make(root)
     try:
         yield path
     finally:

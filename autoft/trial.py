@@ -53,6 +53,9 @@ class RunOptions:
     # With checkpoints handed to the reporter (checkpoint_dir None): report on a background
     # thread, so training goes on while Ray Tune copies each checkpoint into storage (handoff).
     overlap_checkpoints: bool = False
+    # Where handed-off checkpoints are written; None = the system's temporary folder. On the
+    # storage's device, Ray's copy into storage is a hard link (storage_fs).
+    scratch_root: Path | None = None
 
 
 @dataclass
@@ -321,7 +324,7 @@ def run_trial(
 
     start_epoch, start_part = divmod(done_evals, len(parts))
     handed_off = opts.checkpoint_dir is None  # written to a scratch folder, handed to the reporter, deleted
-    with (scratch.folder() if handed_off else contextlib.nullcontext()) as tmp_root, \
+    with (scratch.folder(opts.scratch_root) if handed_off else contextlib.nullcontext()) as tmp_root, \
             Handoff(reporter, background=opts.overlap_checkpoints and handed_off) as out:
         for epoch in range(start_epoch, recipe.epochs):
             if opts.epoch_hook is not None:

@@ -16,9 +16,12 @@ timed inside the trial). The issue's target: at most 3% for trials of a minute o
 ``--overlap off,on,on,off`` runs the search four times, with ``train.overlap_checkpoints``
 false (the default: training waits while Ray copies each checkpoint into storage) and true in
 that order (so drift and a warm second start fall on both), and prints the means side by side.
+``--links off,on,on,off`` does the same for the storage filesystem autoft gives Ray Tune: on
+(the default, ``autoft.storage_fs``: Ray's copy of each checkpoint into storage is a hard link)
+against off (Ray's own local filesystem, which copies every byte, as autoft did before).
 
 Usage: python benchmarks/overhead.py [--trials 4] [--samples 1000] [--epochs 2] [--concurrency 1,2]
-       [--overlap off] [--output results/overhead.json]
+       [--overlap off] [--links on] [--output results/overhead.json]
 """
 
 from __future__ import annotations
@@ -45,14 +48,19 @@ params:
 MEANS = ("wall_s", "in_trial_s", "mean_trial_s", "overhead_share")  # averaged over searches, per setting
 
 
-def onoff(row: dict) -> str:
-    return "on" if row["overlap"] else "off"
+def onoff(value: bool) -> str:
+    return "on" if value else "off"
 
 
-def run(trials: int, samples: int, epochs: int, concurrency: int, model: str, overlap: bool = False) -> dict:
+def run(trials: int, samples: int, epochs: int, concurrency: int, model: str, overlap: bool = False,
+        links: bool = True) -> dict:
+    from autoft import controller
     from autoft.config import load_config
     from autoft.controller import run_search
+    from autoft.storage_fs import linking_local
 
+    # Off: Ray Tune gets no storage filesystem and uses its own, which copies.
+    controller.storage_filesystem = linking_local if links else (lambda: None)
     with tempfile.TemporaryDirectory() as tmp:
         space = Path(tmp) / "space.yaml"
         space.write_text(SPACE)
@@ -70,7 +78,7 @@ def run(trials: int, samples: int, epochs: int, concurrency: int, model: str, ov
     compute = float(result.trials["compute_seconds"].sum())
     saving = float(result.trials["checkpoint_seconds"].sum())
     trial_wall = float(result.trials["wall_seconds"].sum())
-    return {"concurrency": concurrency, "overlap": overlap, "trials": trials, "wall_s": wall, "trial_compute_s": compute,
+    return {"concurrency": concurrency, "overlap": overlap, "links": links, "trials": trials, "wall_s": wall, "trial_compute_s": compute,
             "mean_trial_s": compute / trials, "overhead_per_trial_s": (wall - compute / concurrency) / trials,
             "overhead_share": 1 - (compute / concurrency) / wall,
             # Where it goes: inside trials (model load, checkpoints, reporting; the driver's
@@ -91,37 +99,43 @@ def main() -> None:
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--overlap", default="off", help="off (the default), on, or both in order (off,on,on,off): "
                                                      "train.overlap_checkpoints")
+    ap.add_argument("--links", default="on", help="on (the default), off, or both in order (off,on,on,off): "
+                                                  "checkpoint copies into storage as hard links")
     ap.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "overhead.json")
     args = ap.parse_args()
     load = os.getloadavg()
-    overlaps = [{"on": True, "off": False}[v.strip()] for v in args.overlap.split(",")]
+    overlaps, links = ([{"on": True, "off": False}[v.strip()] for v in a.split(",")] for a in (args.overlap, args.links))
+    if len(overlaps) > 1 and len(links) > 1:
+        ap.error("compare one setting at a time: --overlap or --links, not both")
+    axis = "links" if len(links) > 1 else "overlap"
     import ray
 
     rows = []
     for c in args.concurrency.split(","):
         for o in overlaps:
-            rows.append(run(args.trials, args.samples, args.epochs, int(c), args.model, o))
-            ray.shutdown()  # each search pays its own Ray start, as a user's would
+            for ln in links:
+                rows.append(run(args.trials, args.samples, args.epochs, int(c), args.model, o, ln))
+                ray.shutdown()  # each search pays its own Ray start, as a user's would
     print(f"MiniLM, {args.samples} train examples x {args.epochs} epochs per trial, {os.cpu_count()} cores, "
           f"load average at start {load[0]:.2f}")
-    print(f"{'concurrency':>11} {'overlap':>7} {'trials':>6} {'trial s (mean)':>14} {'wall s':>8} {'trial compute s':>16} "
+    print(f"{'concurrency':>11} {'overlap':>7} {'links':>5} {'trials':>6} {'trial s (mean)':>14} {'wall s':>8} {'trial compute s':>16} "
           f"{'overhead/trial s':>17} {'overhead %':>10} {'in-trial s/trial':>16} {'per-search s':>12}")
     for r in rows:
-        print(f"{r['concurrency']:>11} {onoff(r):>7} {r['trials']:>6} {r['mean_trial_s']:>14.1f} {r['wall_s']:>8.1f} "
+        print(f"{r['concurrency']:>11} {onoff(r['overlap']):>7} {onoff(r['links']):>5} {r['trials']:>6} {r['mean_trial_s']:>14.1f} {r['wall_s']:>8.1f} "
               f"{r['trial_compute_s']:>16.1f} {r['overhead_per_trial_s']:>17.2f} {100 * r['overhead_share']:>9.1f}% "
               f"{r['in_trial_s']:>16.2f} {r['per_search_s']:>12.1f}")
-    label = [f"concurrency {r['concurrency']}, overlap {onoff(r)}" for r in rows]
+    label = [f"concurrency {r['concurrency']}, {axis} {onoff(r[axis])}" for r in rows]
     print("in-trial, writing checkpoints (s/trial): " + " | ".join(
         f"{lab}: {r['checkpoint_s']:.2f}" for lab, r in zip(label, rows)))
     print("per-search phases (s): " + " | ".join(
         f"{lab}: " + ", ".join(f"{k} {v:.1f}" for k, v in r["phases"].items() if k != "tune")
         for lab, r in zip(label, rows)))
     for c in dict.fromkeys(r["concurrency"] for r in rows):
-        by = {o: [r for r in rows if r["concurrency"] == c and r["overlap"] == o] for o in (False, True)}
+        by = {o: [r for r in rows if r["concurrency"] == c and r[axis] == o] for o in (False, True)}
         if not (by[False] and by[True]):
             continue
         off, on = ({k: statistics.fmean(r[k] for r in by[o]) for k in MEANS} for o in (False, True))
-        print(f"concurrency {c} (mean of {len(by[False])} off, {len(by[True])} on): "
+        print(f"concurrency {c}, {axis} (mean of {len(by[False])} off, {len(by[True])} on): "
               f"wall off/on {off['wall_s'] / on['wall_s']:.3f}x, "
               f"in-trial s/trial {off['in_trial_s']:.2f} -> {on['in_trial_s']:.2f}, "
               f"trial compute s (mean) {off['mean_trial_s']:.1f} -> {on['mean_trial_s']:.1f}, "

@@ -23,12 +23,8 @@ def faulty_search(tmp_path_factory, tiny_model, tiny_data):
         (markers / f"{number}.{kind}").touch()
     mp = pytest.MonkeyPatch()
     mp.setenv("AUTOFT_FAULTS_DIR", str(markers))  # inherited by the Ray workers started below
-    # The workers' checkpoint scratch folders go here (Ray's own session files stay in /tmp:
-    # its socket paths must stay short).
-    scratch_root = root / "tmp"
-    scratch_root.mkdir()
-    mp.setenv("TMPDIR", str(scratch_root))
-    mp.setenv("RAY_TMPDIR", "/tmp")
+    # The workers' checkpoint scratch folders go in the storage folder, one per Ray node.
+    scratch_root = root / "runs" / ".scratch"
     ray.shutdown()
     cfg = load_config(None, [
         f"model.path={tiny_model}", f"data.train={tiny_data['train']}",
@@ -99,4 +95,5 @@ def test_killed_workers_leave_no_checkpoint_scratch(faulty_search):
     assert not list(markers.iterdir())
     from autoft import scratch
 
-    assert [p.name for p in scratch_root.glob(f"{scratch.PREFIX}*")] == []
+    [node] = scratch_root.iterdir()  # where the trials wrote their checkpoints
+    assert [p.name for p in node.glob(f"{scratch.PREFIX}*")] == []

@@ -68,8 +68,10 @@ class TrainConfig(_Section):
                               "data's cache is removed first, and data whose cache alone is larger trains without it")
     threads: int | None = Field(None, ge=1, description="torch CPU threads per trial (default: cpus_per_trial)")
     overlap_checkpoints: bool = Field(
-        False, description="under Ray Tune, train on while each checkpoint is copied into the search's storage "
-                           "(a background thread); measured no faster on 2 CPU cores, not yet measured on a GPU")
+        False, description="under Ray Tune, write each checkpoint to the system's temporary folder and train on "
+                           "while a background thread copies it into the search's storage (by default it is written "
+                           "in the storage folder and Ray links it in place); for storage on another device or the "
+                           "network; measured no faster on 2 CPU cores, not yet measured on a GPU")
     evals_per_epoch: int | Literal["auto"] = Field(
         "auto",
         description="evaluations (reports, checkpoints) per epoch; 2 lets the pruner stop a bad trial after half "

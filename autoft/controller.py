@@ -422,8 +422,10 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
                          "cache_max_bytes": cfg.train.cache_max_bytes,
                          "evals_per_epoch": plan.evals_per_epoch,
                          "overlap_checkpoints": cfg.train.overlap_checkpoints,
-                         # On the storage's device: Ray's copy of a checkpoint is then a link.
-                         "scratch_root": storage / SCRATCH_DIR}}
+                         # On the storage's device, Ray's copy of a checkpoint is a link. Reports
+                         # on a background thread are for storage Ray must copy into (another
+                         # device, the network): written locally, copied beside the training.
+                         "scratch_root": None if cfg.train.overlap_checkpoints else storage / SCRATCH_DIR}}
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, data=data, setup=setup),
         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial})

@@ -1,7 +1,9 @@
 """Hands a trial's evaluations to its reporter, optionally on a background thread.
 
 Under Ray Tune, ``tune.report`` copies the checkpoint folder into the search's storage
-before it returns, then waits for the driver to take the result. Training need not wait
+before it returns (a hard link when the folder is on the storage's device, see
+``storage_fs``; with ``train.overlap_checkpoints`` it is written to the system's temporary
+folder and copied), then waits for the driver to take the result. Training need not wait
 for either: the folder is complete when it is handed over and the trial never touches it
 again. Measured on a 2-core machine, the copy was 0.36-0.48 s per 270 MB checkpoint once
 the disk's write-back ran, about half of a trial's in-trial overhead - but overlapping it

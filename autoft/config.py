@@ -69,9 +69,10 @@ class TrainConfig(_Section):
     threads: int | None = Field(None, ge=1, description="torch CPU threads per trial (default: cpus_per_trial)")
     overlap_checkpoints: bool = Field(
         False, description="under Ray Tune, write each checkpoint to the system's temporary folder and train on "
-                           "while a background thread copies it into the search's storage (by default it is written "
-                           "in the storage folder and Ray links it in place); for storage on another device or the "
-                           "network; measured no faster on 2 CPU cores, not yet measured on a GPU")
+                           "while a background thread copies it into the search's storage (a link if on the same "
+                           "device; by default it is written in the storage folder and Ray links it in place); for "
+                           "storage on another device or the network; measured no faster on 2 CPU cores, not yet "
+                           "measured on a GPU")
     evals_per_epoch: int | Literal["auto"] = Field(
         "auto",
         description="evaluations (reports, checkpoints) per epoch; 2 lets the pruner stop a bad trial after half "

@@ -29,7 +29,7 @@ from autoft.models import check_model_dir, load_tokenizer, model_config, preload
 from autoft.outcome import best_row, row_best
 from autoft.recipe import Recipe
 from autoft.space import SearchSpace, load_space
-from autoft.storage_fs import linking_local
+from autoft.storage_fs import linking_local, links_and_renames
 
 
 @dataclass
@@ -173,6 +173,18 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
 STATE_FILE = "autoft_search.json"
 RESULT_FILE = "search.json"  # written when a search ends, whatever its status
 SCRATCH_DIR = ".scratch"  # in the storage folder: trials' checkpoints until Ray takes them
+
+
+def _scratch_root(cfg: ExperimentConfig, storage: Path) -> Path | None:
+    """Where trials write checkpoints before Ray takes them; None = each worker's temporary folder.
+
+    In the storage folder Ray's copy is a hard link (storage_fs), if that folder takes links and
+    renames (a FUSE-mounted bucket may not). Reports on a background thread are for storage Ray
+    must copy into: their checkpoints are written locally and copied beside the training.
+    """
+    if cfg.train.overlap_checkpoints or not links_and_renames(storage / SCRATCH_DIR):
+        return None
+    return storage / SCRATCH_DIR
 
 
 def storage_filesystem() -> Any:
@@ -422,10 +434,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
                          "cache_max_bytes": cfg.train.cache_max_bytes,
                          "evals_per_epoch": plan.evals_per_epoch,
                          "overlap_checkpoints": cfg.train.overlap_checkpoints,
-                         # On the storage's device, Ray's copy of a checkpoint is a link. Reports
-                         # on a background thread are for storage Ray must copy into (another
-                         # device, the network): written locally, copied beside the training.
-                         "scratch_root": None if cfg.train.overlap_checkpoints else storage / SCRATCH_DIR}}
+                         "scratch_root": _scratch_root(cfg, storage)}}
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, data=data, setup=setup),
         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial})

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from autoft import checkpoint as ckpt
-from autoft import faults, storage_fs
+from autoft import faults, scratch, storage_fs
 from autoft.data import PreparedData
 from autoft.recipe import RECIPE_FIELDS, Recipe
 from autoft.space import trial_number_of
@@ -27,14 +27,6 @@ class _TuneReporter:
         # On the filesystem the controller gave Ray for storage, so Ray's copy is a hard link.
         checkpoint = tune.Checkpoint(str(checkpoint_dir), filesystem=storage_fs.linking_local()) if checkpoint_dir else None
         tune.report(metrics, checkpoint=checkpoint)
-
-
-def node_scratch_root(root: str | Path) -> Path:
-    """This Ray node's scratch folder under ``root``: storage that several nodes mount must not
-    let one node sweep another's live folders (scratch owners are process ids, per node)."""
-    import ray
-
-    return Path(root) / f"node-{ray.get_runtime_context().get_node_id()[:16]}"
 
 
 # How long a reused actor waits for a stopped trial's thread before it takes the next trial.
@@ -67,7 +59,7 @@ def tune_trial(config: dict[str, Any], data: PreparedData, setup: dict[str, Any]
     recipe = Recipe.from_dict({**setup["base_recipe"], **overrides})
     options = RunOptions(**setup["options"])
     if options.scratch_root is not None:
-        options.scratch_root = node_scratch_root(options.scratch_root)
+        options.scratch_root = scratch.node_folder(options.scratch_root)
     if options.overlap_checkpoints:
         wait_for_stopped_threads()
     options.epoch_hook = faults.hook_for(trial_number_of(config), tune.get_context().get_trial_dir())

@@ -9,8 +9,11 @@ removes its own at exit, and the next trial on the machine removes any whose
 process is gone.
 
 Assumes the processes that share a scratch root share a PID namespace (true for a
-Ray node's workers: a root on storage that several nodes mount gets a folder per
-node, see ``ray_trainable``); folders of processes still alive are never touched.
+Ray node's workers); folders of processes still alive are never touched. A root on
+storage that several machines or containers mount is shared through
+:func:`node_folder`: one folder per host, boot and PID namespace, so a process only
+ever judges process ids of its own namespace, and a later run in that namespace
+(a new Ray, a resumed search) clears what a killed one left.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -67,6 +72,32 @@ def remove_dead(paths: Iterable[Path], pid_of: Callable[[str], int | None]) -> l
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def node_folder(shared_root: str | Path) -> Path:
+    """This PID namespace's scratch root under ``shared_root``; clears the folders this host
+    left before its last reboot (every process of theirs is gone)."""
+    boot, namespace, host = _namespace()
+    root = Path(shared_root)
+    for old in root.glob(f"node-*-*-{host}"):
+        _, old_boot, _, old_host = old.name.split("-", 3)
+        if old_host == host and old_boot != boot and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+    return root / f"node-{boot}-{namespace}-{host}"
+
+
+def _namespace() -> tuple[str, str, str]:
+    """(boot id, PID namespace, host name), "x" where the system does not say (not Linux)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8] or "x"
+    except OSError:
+        boot = "x"
+    try:
+        namespace = "".join(c for c in os.readlink("/proc/self/ns/pid") if c.isdigit()) or "x"
+    except OSError:
+        namespace = "x"
+    host = re.sub(r"[^A-Za-z0-9._]", "_", socket.gethostname()) or "x"
+    return re.sub(r"[^A-Za-z0-9]", "", boot) or "x", namespace, host
 
 
 def _owner(name: str) -> int | None:

@@ -18,8 +18,10 @@ as Ray would have. Everything else goes to pyarrow's own ``LocalFileSystem``.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -57,9 +59,11 @@ class LinkingLocalFileSystem(pafs.FileSystemHandler):
             os.unlink(dest)
         try:
             os.link(src, dest)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
-                raise
+        except FileNotFoundError:
+            raise
+        except OSError:
+            # Another device (EXDEV), or a filesystem without hard links: a FUSE-mounted bucket
+            # answers ENOSYS, EPERM or EIO. A copy fails on its own if something else is wrong.
             self._fs.copy_file(src, dest)
 
     def normalize_path(self, path: str) -> str:
@@ -89,17 +93,38 @@ class LinkingLocalFileSystem(pafs.FileSystemHandler):
     def move(self, src: str, dest: str) -> None:
         self._fs.move(src, dest)
 
+    # compression=None: the PyFileSystem around this handler already (de)compresses by suffix.
     def open_input_stream(self, path: str) -> Any:
-        return self._fs.open_input_stream(path)
+        return self._fs.open_input_stream(path, compression=None)
 
     def open_input_file(self, path: str) -> Any:
         return self._fs.open_input_file(path)
 
     def open_output_stream(self, path: str, metadata: Any) -> Any:
-        return self._fs.open_output_stream(path, metadata=metadata)
+        return self._fs.open_output_stream(path, compression=None, metadata=metadata)
 
     def open_append_stream(self, path: str, metadata: Any) -> Any:
-        return self._fs.open_append_stream(path, metadata=metadata)
+        return self._fs.open_append_stream(path, compression=None, metadata=metadata)
+
+
+def links_and_renames(folder: str | Path) -> bool:
+    """Whether ``folder`` takes hard links and renamed folders, as checkpoints written there
+    need (a FUSE-mounted bucket may take neither); False if it cannot be written at all."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        probe = Path(tempfile.mkdtemp(prefix=".probe-", dir=folder))
+    except OSError:
+        return False
+    try:
+        (probe / "a").write_bytes(b"")
+        os.link(probe / "a", probe / "b")
+        (probe / "d").mkdir()
+        os.replace(probe / "d", probe / "e")
+        return True
+    except OSError:
+        return False
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
 
 
 def linking_local() -> pafs.FileSystem:

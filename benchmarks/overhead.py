@@ -18,7 +18,8 @@ false (the default: training waits while Ray copies each checkpoint into storage
 that order (so drift and a warm second start fall on both), and prints the means side by side.
 ``--links off,on,on,off`` does the same for the storage filesystem autoft gives Ray Tune: on
 (the default, ``autoft.storage_fs``: Ray's copy of each checkpoint into storage is a hard link)
-against off (Ray's own local filesystem, which copies every byte, as autoft did before).
+against off (Ray's own local filesystem, which copies every byte; the trial's side is
+unchanged: checkpoints written in the storage folder, reported on autoft's filesystem).
 
 Usage: python benchmarks/overhead.py [--trials 4] [--samples 1000] [--epochs 2] [--concurrency 1,2]
        [--overlap off] [--links on] [--output results/overhead.json]

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from autoft import scratch
 
 
@@ -55,3 +57,23 @@ def test_a_killed_process_folder_goes_with_the_next_one(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
     assert not left.exists()
     assert list(tmp_path.glob(f"{scratch.PREFIX}*")) == []
+
+
+def test_node_folders_are_per_namespace_and_outlive_nothing_but_reboots(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Storage that several hosts mount: a folder per host, boot and PID namespace; a host's
+    folders from before its last reboot go, the others' and its own other namespaces' stay."""
+    monkeypatch.setattr(scratch, "_namespace", lambda: ("b00t0002", "4026531836", "gpu1"))
+    for name in ("node-b00t0001-4026531836-gpu1", "node-b00t0001-4026532001-gpu1",
+                 "node-b00t0001-4026531836-gpu10", "node-b00t0009-4026531836-gpu2",
+                 "node-b00t0002-4026532001-gpu1"):
+        (tmp_path / name / f"{scratch.PREFIX}123-abc").mkdir(parents=True)
+    mine = scratch.node_folder(tmp_path)
+    assert mine == tmp_path / "node-b00t0002-4026531836-gpu1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "node-b00t0001-4026531836-gpu10", "node-b00t0002-4026532001-gpu1", "node-b00t0009-4026531836-gpu2"]
+
+
+def test_this_namespace_has_a_key() -> None:
+    boot, namespace, host = scratch._namespace()
+    assert boot and namespace and host and "-" not in boot + namespace + host

@@ -49,9 +49,12 @@ def test_pyarrow_local_filesystem_copies(tmp_path: Path) -> None:
     assert (dest / "model.safetensors").stat().st_ino != (src / "model.safetensors").stat().st_ino
 
 
-def test_another_device_falls_back_to_a_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("code", [errno.EXDEV, errno.ENOSYS, errno.EPERM, errno.EIO])
+def test_a_filesystem_that_cannot_link_gets_a_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   code: int) -> None:
+    """Another device (EXDEV), or a FUSE-mounted bucket (ENOSYS, EPERM, EIO)."""
     def cross_device(src: str, dest: str) -> None:
-        raise OSError(errno.EXDEV, "Invalid cross-device link")
+        raise OSError(code, os.strerror(code))
 
     src, dest = tmp_path / "scratch", tmp_path / "storage"
     _tree(src)
@@ -61,10 +64,57 @@ def test_another_device_falls_back_to_a_copy(tmp_path: Path, monkeypatch: pytest
     assert (dest / "model.safetensors").stat().st_ino != (src / "model.safetensors").stat().st_ino
 
 
-def test_other_link_errors_are_raised(tmp_path: Path) -> None:
+def test_a_missing_source_is_raised(tmp_path: Path) -> None:
     fs = storage_fs.LinkingLocalFileSystem()
     with pytest.raises(FileNotFoundError):
         fs.copy_file(str(tmp_path / "missing"), str(tmp_path / "dest"))
+
+
+def test_compressed_suffixes_pass_through_unchanged(tmp_path: Path) -> None:
+    """The PyFileSystem around the handler detects compression by suffix; the handler must not
+    do it again (a .gz file would be compressed twice)."""
+    import gzip
+
+    fs = storage_fs.linking_local()
+    data = gzip.compress(b"autoft " * 100)
+    with fs.open_output_stream(str(tmp_path / "a.json.gz"), compression=None) as out:
+        out.write(data)
+    assert (tmp_path / "a.json.gz").read_bytes() == data
+    with fs.open_input_stream(str(tmp_path / "a.json.gz"), compression=None) as f:
+        assert f.read() == data
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "b.gz").write_bytes(data)
+    # Ray's upload of a trial's files: from pyarrow's local filesystem into this one.
+    fs.create_dir(str(tmp_path / "dest"))
+    pafs.copy_files(str(tmp_path / "src"), str(tmp_path / "dest"),
+                    source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    assert (tmp_path / "dest" / "b.gz").read_bytes() == data
+
+
+def test_links_and_renames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert storage_fs.links_and_renames(tmp_path / ".scratch")
+    assert [p.name for p in (tmp_path / ".scratch").iterdir()] == []  # the probe leaves nothing
+    (tmp_path / "file").write_text("")
+    assert not storage_fs.links_and_renames(tmp_path / "file" / ".scratch")
+
+    def no_links(src: str, dest: str) -> None:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(storage_fs.os, "link", no_links)
+    assert not storage_fs.links_and_renames(tmp_path / ".scratch")
+
+
+def test_trials_write_checkpoints_in_storage_where_links_work(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from autoft import controller
+    from autoft.config import load_config
+
+    cfg = load_config(None, [])
+    assert controller._scratch_root(cfg, tmp_path) == tmp_path / controller.SCRATCH_DIR
+    overlapped = load_config(None, ["train.overlap_checkpoints=true"])
+    assert controller._scratch_root(overlapped, tmp_path) is None
+    monkeypatch.setattr(controller, "links_and_renames", lambda folder: False)
+    assert controller._scratch_root(cfg, tmp_path) is None
 
 
 def test_copying_onto_a_name_never_writes_through_it(tmp_path: Path) -> None:
@@ -129,9 +179,9 @@ def test_tune_report_links_the_checkpoint_into_storage(local_ray: None, tmp_path
     def trainable(config: dict[str, Any]) -> None:
         # Defined here so that Ray pickles it by value (workers cannot import this test module).
         from autoft import scratch
-        from autoft.ray_trainable import _TuneReporter, node_scratch_root
+        from autoft.ray_trainable import _TuneReporter
 
-        with scratch.folder(node_scratch_root(storage / SCRATCH_DIR)) as root:
+        with scratch.folder(scratch.node_folder(storage / SCRATCH_DIR)) as root:
             ckpt = root / "checkpoint-epoch-1"
             ckpt.mkdir()
             (ckpt / "model.safetensors").write_bytes(os.urandom(1 << 20))

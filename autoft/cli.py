@@ -102,6 +102,7 @@ def train(
                          trust_remote_code=cfg.model.trust_remote_code, metric=cfg.search.metric,
                          mode=cfg.search.mode, cache_frozen=cfg.train.cache_frozen,
                          cache_max_bytes=cfg.train.cache_max_bytes,
+                         save_optimizer_state=cfg.train.save_optimizer_state,
                          # auto's extra evaluations feed a pruner; one trial alone has none.
                          evals_per_epoch=1 if cfg.train.evals_per_epoch == AUTO else cfg.train.evals_per_epoch)
     result = run_trial(plan.base_recipe, data, plan.model_path, PrintReporter(_err), options, resume_from)

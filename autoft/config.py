@@ -73,6 +73,10 @@ class TrainConfig(_Section):
                            "device; by default it is written in the storage folder and Ray links it in place); for "
                            "storage on another device or the network; measured no faster on 2 CPU cores, not yet "
                            "measured on a GPU")
+    save_optimizer_state: bool = Field(
+        True, description="checkpoints hold AdamW's moments (twice the trained weights), so a trial resumes exactly "
+                          "where it stopped; false: weights, scheduler and history only (a third of the bytes for a "
+                          "fully trained model), and a resumed trial restarts the moments from zero")
     evals_per_epoch: int | Literal["auto"] = Field(
         "auto",
         description="evaluations (reports, checkpoints) per epoch; 2 lets the pruner stop a bad trial after half "

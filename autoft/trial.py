@@ -56,6 +56,8 @@ class RunOptions:
     # Where handed-off checkpoints are written; None = the system's temporary folder. On the
     # storage's device, Ray's copy into storage is a hard link (storage_fs).
     scratch_root: Path | None = None
+    # False: checkpoints without AdamW's moments; a resumed trial restarts them (not exact).
+    save_optimizer_state: bool = True
 
 
 @dataclass
@@ -416,7 +418,7 @@ def run_trial(
                 out.wait()  # the previous checkpoint's hand-off, if still in flight
                 t_save = time.perf_counter()
                 cdir = ckpt.save_checkpoint(root / f"checkpoint-epoch-{progress}", model,
-                                            None if last else optimizer, state)
+                                            None if last or not opts.save_optimizer_state else optimizer, state)
                 # Not in the checkpoint's own history: it is known only once that is written.
                 metrics["checkpoint_seconds"] = time.perf_counter() - t_save
                 result.last_checkpoint = cdir

@@ -71,10 +71,11 @@ class Setup:
 
     def run(self, reporter: Any = None, checkpoint_dir: Path | None = None, keep: int = 1,
             resume_from: Path | None = None, metric: str = "eval_f1", mode: str = "max",
-            evals_per_epoch: int = 1, overlap: bool = True, **recipe: Any) -> TrialResult:
+            evals_per_epoch: int = 1, overlap: bool = True, save_optimizer_state: bool = True,
+            **recipe: Any) -> TrialResult:
         options = RunOptions(device="cpu", precision="fp32", threads=1, checkpoint_dir=checkpoint_dir,
                              keep_checkpoints=keep, metric=metric, mode=mode, evals_per_epoch=evals_per_epoch,
-                             overlap_checkpoints=overlap)
+                             overlap_checkpoints=overlap, save_optimizer_state=save_optimizer_state)
         return run_trial(self.recipe(**recipe), self.data, self.model_path, reporter or ListReporter(),
                          options, resume_from=resume_from)
 
@@ -361,6 +362,27 @@ def test_resume_equals_uninterrupted_run(setup: Setup, tmp_path: Path) -> None:
     assert no_rng.history[1]["train_loss"] != pytest.approx(full.history[1]["train_loss"], abs=1e-6)
     wa, wc = weights(a / "checkpoint-epoch-3"), weights(c / "checkpoint-epoch-3")
     assert any(not torch.allclose(wa[k], wc[k], atol=1e-6) for k in wa)
+
+
+def test_weights_only_checkpoints_resume_with_restarted_moments(setup: Setup, tmp_path: Path) -> None:
+    """train.save_optimizer_state=false: no checkpoint holds AdamW's moments; a resume goes on
+    from the weights with the moments restarted, so it is not the uninterrupted run."""
+    recipe = {"epochs": 3, "seed": 7}
+    a, b = tmp_path / "A", tmp_path / "B"
+    setup.run(checkpoint_dir=a, keep=3, save_optimizer_state=False, **recipe)
+    assert sorted(p.name for p in a.iterdir()) == [f"checkpoint-epoch-{e}" for e in (1, 2, 3)]
+    assert not list(a.rglob("optimizer.safetensors"))
+    assert "optimizer" not in ckpt.load_trainer_state(a / "checkpoint-epoch-1")
+    with pytest.raises(Interrupt):
+        setup.run(StopAfter(1), checkpoint_dir=b, keep=3, save_optimizer_state=False, **recipe)
+    rep = ListReporter()
+    resumed = setup.run(rep, checkpoint_dir=b, keep=3, resume_from=b / "checkpoint-epoch-1",
+                        save_optimizer_state=False, **recipe)
+    assert resumed.status == "completed"
+    assert [m["epoch"] for m in rep.metrics] == [2, 3]
+    assert_tensors_close(weights(a / "checkpoint-epoch-1"), weights(b / "checkpoint-epoch-1"))
+    wa, wb = weights(a / "checkpoint-epoch-2"), weights(b / "checkpoint-epoch-2")
+    assert any(not torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
 def finished_run(setup: Setup, root: Path) -> tuple[TrialResult, TrialResult]:

@@ -11,6 +11,7 @@ import math
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,6 +309,9 @@ def run_trial(
         ckpt.load_model_weights(resume_from, model)
         if "optimizer" in state:
             ckpt.load_optimizer(resume_from, optimizer, state["optimizer"])
+        elif not _finished(state, recipe.epochs, len(parts)):
+            warnings.warn(f"{resume_from} holds no optimizer state (train.save_optimizer_state: false): "
+                          "AdamW's moments restart from zero", stacklevel=2)
         scheduler.load_state_dict(state["scheduler"])
         ckpt.restore_rng(resume_from)
         history, best = state["history"], state.get("best")
@@ -430,6 +434,11 @@ def run_trial(
                 out.report(metrics, cdir, then=(lambda d=cdir: shutil.rmtree(d, ignore_errors=True))
                            if handed_off else None)
     return result
+
+
+def _finished(state: dict[str, Any], epochs: int, parts: int) -> bool:
+    """Whether a checkpoint is its trial's last evaluation (which never carries optimizer state)."""
+    return _evals_done(state, parts) >= epochs * parts
 
 
 def _evals_done(state: dict[str, Any], parts: int) -> int:

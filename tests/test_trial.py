@@ -376,8 +376,9 @@ def test_weights_only_checkpoints_resume_with_restarted_moments(setup: Setup, tm
     with pytest.raises(Interrupt):
         setup.run(StopAfter(1), checkpoint_dir=b, keep=3, save_optimizer_state=False, **recipe)
     rep = ListReporter()
-    resumed = setup.run(rep, checkpoint_dir=b, keep=3, resume_from=b / "checkpoint-epoch-1",
-                        save_optimizer_state=False, **recipe)
+    with pytest.warns(UserWarning, match="moments restart from zero"):
+        resumed = setup.run(rep, checkpoint_dir=b, keep=3, resume_from=b / "checkpoint-epoch-1",
+                            save_optimizer_state=False, **recipe)
     assert resumed.status == "completed"
     assert [m["epoch"] for m in rep.metrics] == [2, 3]
     assert_tensors_close(weights(a / "checkpoint-epoch-1"), weights(b / "checkpoint-epoch-1"))

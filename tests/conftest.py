@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import logging
 import os
 import re
 from pathlib import Path
@@ -128,6 +129,22 @@ def tiny_search(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny
     env_after = dict(os.environ)
     yield result, cfg, lines, root / "runs", (env_before, env_after)
     ray.shutdown()
+
+
+@pytest.fixture()
+def local_ray(monkeypatch: pytest.MonkeyPatch):
+    """A one-CPU local Ray for one test, shut down after it (one already up is used as it is)."""
+    import ray
+
+    # Before Ray starts: its workers keep the environment they start with.
+    monkeypatch.delenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", raising=False)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR)
+    yield
+    if started:
+        ray.shutdown()
 
 
 def free_port() -> int:

@@ -10,29 +10,11 @@ raises that wait (autoft.ray_trainable.wait_for_stopped_threads). Steps here are
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 STEP_S = 3.0
-
-
-@pytest.fixture()
-def local_ray(monkeypatch: pytest.MonkeyPatch):
-    import ray
-
-    # Before Ray starts: its workers keep the environment they start with.
-    monkeypatch.delenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", raising=False)
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.ERROR)
-    yield
-    if started:
-        ray.shutdown()
 
 
 def test_reused_actor_takes_the_next_trial_after_a_stop(local_ray: None, tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import pickle
 from pathlib import Path
@@ -150,19 +149,6 @@ def _fsspec_memory() -> Any:
     from fsspec.implementations.memory import MemoryFileSystem
 
     return MemoryFileSystem()
-
-
-@pytest.fixture()
-def local_ray():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.ERROR)
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.mark.ray

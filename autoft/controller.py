@@ -187,11 +187,6 @@ def _scratch_root(cfg: ExperimentConfig, storage: Path) -> Path | None:
     return storage / SCRATCH_DIR
 
 
-def storage_filesystem() -> Any:
-    """What Ray Tune reads and writes the storage through (its checkpoint copies are links)."""
-    return linking_local()
-
-
 @dataclass
 class _Resume:
     parent_run_id: str
@@ -473,7 +468,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
                 trial_dirname_creator=_trial_dirname,
             ),
             run_config=tune.RunConfig(
-                name=search_id, storage_path=str(storage), storage_filesystem=storage_filesystem(),
+                name=search_id, storage_path=str(storage), storage_filesystem=linking_local(),
                 callbacks=callbacks, verbose=0,
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=cfg.search.keep_checkpoints, checkpoint_score_attribute=metric,
@@ -482,7 +477,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
             ),
         )
     else:
-        tuner = tune.Tuner.restore(str(search_dir), trainable, storage_filesystem=storage_filesystem(),
+        tuner = tune.Tuner.restore(str(search_dir), trainable, storage_filesystem=linking_local(),
                                    resume_unfinished=True,
                                    resume_errored=not resume.restart_errored,
                                    restart_errored=resume.restart_errored)

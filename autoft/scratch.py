@@ -89,7 +89,7 @@ def node_folder(shared_root: str | Path) -> Path:
 def _namespace() -> tuple[str, str, str]:
     """(boot id, PID namespace, host name), "x" where the system does not say (not Linux)."""
     try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8] or "x"
+        boot = re.sub(r"[^A-Za-z0-9]", "", Path("/proc/sys/kernel/random/boot_id").read_text())[:8] or "x"
     except OSError:
         boot = "x"
     try:
@@ -97,7 +97,7 @@ def _namespace() -> tuple[str, str, str]:
     except OSError:
         namespace = "x"
     host = re.sub(r"[^A-Za-z0-9._]", "_", socket.gethostname()) or "x"
-    return re.sub(r"[^A-Za-z0-9]", "", boot) or "x", namespace, host
+    return boot, namespace, host
 
 
 def _owner(name: str) -> int | None:

@@ -40,14 +40,8 @@ class LinkingLocalFileSystem(pafs.FileSystemHandler):
     def __eq__(self, other: object) -> bool:
         return isinstance(other, LinkingLocalFileSystem)
 
-    def __ne__(self, other: object) -> bool:
-        return not self == other
-
     def __hash__(self) -> int:
         return hash(self.TYPE_NAME)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (LinkingLocalFileSystem, ())
 
     def get_type_name(self) -> str:
         return self.TYPE_NAME

@@ -306,16 +306,16 @@ def run_trial(
     best: dict[str, Any] | None = None
     if resume_from is not None:
         state = ckpt.load_trainer_state(resume_from)
+        done_evals = _evals_done(state, len(parts))
         ckpt.load_model_weights(resume_from, model)
         if "optimizer" in state:
             ckpt.load_optimizer(resume_from, optimizer, state["optimizer"])
-        elif not _finished(state, recipe.epochs, len(parts)):
+        elif done_evals < recipe.epochs * len(parts):  # a finished trial's last one never has it
             warnings.warn(f"{resume_from} holds no optimizer state (train.save_optimizer_state: false): "
                           "AdamW's moments restart from zero", stacklevel=2)
         scheduler.load_state_dict(state["scheduler"])
         ckpt.restore_rng(resume_from)
         history, best = state["history"], state.get("best")
-        done_evals = _evals_done(state, len(parts))
 
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     result = TrialResult(status="completed", reason="", history=history, best=best)
@@ -434,11 +434,6 @@ def run_trial(
                 out.report(metrics, cdir, then=(lambda d=cdir: shutil.rmtree(d, ignore_errors=True))
                            if handed_off else None)
     return result
-
-
-def _finished(state: dict[str, Any], epochs: int, parts: int) -> bool:
-    """Whether a checkpoint is its trial's last evaluation (which never carries optimizer state)."""
-    return _evals_done(state, parts) >= epochs * parts
 
 
 def _evals_done(state: dict[str, Any], parts: int) -> int:

@@ -63,7 +63,7 @@ def run(trials: int, samples: int, epochs: int, concurrency: int, model: str, ov
     from autoft.storage_fs import linking_local
 
     # Off: Ray Tune gets no storage filesystem and uses its own, which copies.
-    controller.storage_filesystem = linking_local if links else (lambda: None)
+    controller.linking_local = linking_local if links else (lambda: None)
     with tempfile.TemporaryDirectory() as tmp:
         space = Path(tmp) / "space.yaml"
         space.write_text(SPACE)

@@ -23,7 +23,7 @@ def faulty_search(tmp_path_factory, tiny_model, tiny_data):
         (markers / f"{number}.{kind}").touch()
     mp = pytest.MonkeyPatch()
     mp.setenv("AUTOFT_FAULTS_DIR", str(markers))  # inherited by the Ray workers started below
-    # The workers' checkpoint scratch folders go in the storage folder, one per Ray node.
+    # The workers' checkpoint scratch folders go in the storage folder, one per PID namespace.
     scratch_root = root / "runs" / ".scratch"
     ray.shutdown()
     cfg = load_config(None, [

@@ -158,7 +158,7 @@ def test_tune_report_links_the_checkpoint_into_storage(local_ray: None, tmp_path
     Ray (``linked``) or Ray's default."""
     from ray import tune
 
-    from autoft.controller import SCRATCH_DIR, storage_filesystem
+    from autoft.controller import SCRATCH_DIR
 
     storage = tmp_path / "runs"
 
@@ -177,7 +177,7 @@ def test_tune_report_links_the_checkpoint_into_storage(local_ray: None, tmp_path
     tuner = tune.Tuner(
         trainable,
         run_config=tune.RunConfig(name="links", storage_path=str(storage), verbose=0,
-                                  storage_filesystem=storage_filesystem() if linked else None),
+                                  storage_filesystem=storage_fs.linking_local() if linked else None),
     )
     [result] = list(tuner.fit())
     assert result.error is None

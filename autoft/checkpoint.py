@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from autoft import direct_write
+
 STATE_FILE = "trainer_state.json"
 
 
@@ -53,17 +55,20 @@ def save_checkpoint(
     model: Any,
     optimizer: torch.optim.Optimizer | None,
     trainer_state: dict[str, Any],
+    writes: direct_write.Mode = "auto",
 ) -> Path:
-    """Write a checkpoint folder atomically; returns its final path."""
+    """Write a checkpoint folder atomically; returns its final path. ``writes``: how the weights
+    and moments reach the disk (direct_write)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        with direct_write.for_save_pretrained(writes):
+            model.save_pretrained(str(tmp), safe_serialization=True)
         state = dict(trainer_state)
         if optimizer is not None:
             tensors, meta = _flatten_optimizer(optimizer.state_dict())
-            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            direct_write.save_file(tensors, str(tmp / "optimizer.safetensors"), mode=writes)
             state["optimizer"] = meta
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():

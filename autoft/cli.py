@@ -103,6 +103,7 @@ def train(
                          mode=cfg.search.mode, cache_frozen=cfg.train.cache_frozen,
                          cache_max_bytes=cfg.train.cache_max_bytes,
                          save_optimizer_state=cfg.train.save_optimizer_state,
+                         checkpoint_writes=cfg.train.checkpoint_writes,
                          # auto's extra evaluations feed a pruner; one trial alone has none.
                          evals_per_epoch=1 if cfg.train.evals_per_epoch == AUTO else cfg.train.evals_per_epoch)
     result = run_trial(plan.base_recipe, data, plan.model_path, PrintReporter(_err), options, resume_from)

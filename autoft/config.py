@@ -77,6 +77,10 @@ class TrainConfig(_Section):
         True, description="checkpoints hold AdamW's moments (twice the trained weights), so a trial resumes exactly "
                           "where it stopped; false: weights, scheduler and history only (a third of the bytes for a "
                           "fully trained model), and a resumed trial restarts the moments from zero")
+    checkpoint_writes: Literal["auto", "direct", "buffered"] = Field(
+        "auto", description="how checkpoint weights and moments reach the disk: direct (O_DIRECT, around the page "
+                            "cache), buffered (through it), or auto: each trial process times both on its own "
+                            "writes and keeps the faster; buffered where the filesystem refuses O_DIRECT")
     evals_per_epoch: int | Literal["auto"] = Field(
         "auto",
         description="evaluations (reports, checkpoints) per epoch; 2 lets the pruner stop a bad trial after half "

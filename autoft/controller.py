@@ -430,6 +430,7 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
                          "evals_per_epoch": plan.evals_per_epoch,
                          "overlap_checkpoints": cfg.train.overlap_checkpoints,
                          "save_optimizer_state": cfg.train.save_optimizer_state,
+                         "checkpoint_writes": cfg.train.checkpoint_writes,
                          "scratch_root": _scratch_root(cfg, storage)}}
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, data=data, setup=setup),

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from autoft import checkpoint as ckpt
-from autoft import prefix_cache, scratch
+from autoft import direct_write, prefix_cache, scratch
 from autoft.data import PreparedData, TokenizedSplit, batch_indices, collate
 from autoft.freezing import never_trained_prefix, plan_for_epoch
 from autoft.handoff import Handoff, Reporter
@@ -59,6 +59,7 @@ class RunOptions:
     scratch_root: Path | None = None
     # False: checkpoints without AdamW's moments; a resumed trial restarts them (not exact).
     save_optimizer_state: bool = True
+    checkpoint_writes: direct_write.Mode = "auto"  # how checkpoints reach the disk
 
 
 @dataclass
@@ -422,7 +423,8 @@ def run_trial(
                 out.wait()  # the previous checkpoint's hand-off, if still in flight
                 t_save = time.perf_counter()
                 cdir = ckpt.save_checkpoint(root / f"checkpoint-epoch-{progress}", model,
-                                            None if last or not opts.save_optimizer_state else optimizer, state)
+                                            None if last or not opts.save_optimizer_state else optimizer, state,
+                                            writes=opts.checkpoint_writes)
                 # Not in the checkpoint's own history: it is known only once that is written.
                 metrics["checkpoint_seconds"] = time.perf_counter() - t_save
                 result.last_checkpoint = cdir

@@ -22,9 +22,13 @@ against off (Ray's own local filesystem, which copies every byte; the trial's si
 unchanged: checkpoints written in the storage folder, reported on autoft's filesystem).
 ``--optimizer-state on,off,off,on`` compares ``train.save_optimizer_state`` (off: checkpoints
 without AdamW's moments, a third of the bytes; a resumed trial restarts them).
+``--direct-writes off,on,on,off`` compares ``train.checkpoint_writes``: on is its default, auto
+(each trial process times O_DIRECT and buffered writes on its own checkpoints and keeps the
+faster; ``autoft.direct_write``), off is buffered (every checkpoint through the page cache).
 
 Usage: python benchmarks/overhead.py [--trials 4] [--samples 1000] [--epochs 2] [--concurrency 1,2]
-       [--overlap off] [--links on] [--optimizer-state on] [--output results/overhead.json]
+       [--overlap off] [--links on] [--optimizer-state on] [--direct-writes on]
+       [--output results/overhead.json]
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ def onoff(value: bool) -> str:
 
 
 def run(trials: int, samples: int, epochs: int, concurrency: int, model: str, overlap: bool = False,
-        links: bool = True, optimizer_state: bool = True) -> dict:
+        links: bool = True, optimizer_state: bool = True, direct_writes: bool = True) -> dict:
     from autoft import controller
     from autoft.config import load_config
     from autoft.controller import run_search
@@ -75,6 +79,7 @@ def run(trials: int, samples: int, epochs: int, concurrency: int, model: str, ov
             f"resources.cpus_per_trial={max(1, (os.cpu_count() or 2) // concurrency)}",
             f"train.overlap_checkpoints={str(overlap).lower()}",
             f"train.save_optimizer_state={str(optimizer_state).lower()}",
+            f"train.checkpoint_writes={'auto' if direct_writes else 'buffered'}",
         ])
         t0 = time.perf_counter()
         result = run_search(cfg, echo=lambda *_: None)
@@ -83,6 +88,7 @@ def run(trials: int, samples: int, epochs: int, concurrency: int, model: str, ov
     saving = float(result.trials["checkpoint_seconds"].sum())
     trial_wall = float(result.trials["wall_seconds"].sum())
     return {"concurrency": concurrency, "overlap": overlap, "links": links, "optimizer_state": optimizer_state,
+            "direct_writes": direct_writes,
             "trials": trials, "wall_s": wall, "trial_compute_s": compute,
             "mean_trial_s": compute / trials, "overhead_per_trial_s": (wall - compute / concurrency) / trials,
             "overhead_share": 1 - (compute / concurrency) / wall,
@@ -108,15 +114,18 @@ def main() -> None:
                                                   "checkpoint copies into storage as hard links")
     ap.add_argument("--optimizer-state", default="on", help="on (the default), off, or both in order "
                                                             "(off,on,on,off): train.save_optimizer_state")
+    ap.add_argument("--direct-writes", default="on", help="on (the default: train.checkpoint_writes auto), off "
+                                                          "(buffered), or both in order (off,on,on,off)")
     ap.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "overhead.json")
     args = ap.parse_args()
     load = os.getloadavg()
     values = {name: [{"on": True, "off": False}[v.strip()] for v in given.split(",")]
               for name, given in (("overlap", args.overlap), ("links", args.links),
-                                  ("optimizer_state", args.optimizer_state))}
+                                  ("optimizer_state", args.optimizer_state),
+                                  ("direct_writes", args.direct_writes))}
     varied = [name for name, vs in values.items() if len(vs) > 1]
     if len(varied) > 1:
-        ap.error("compare one setting at a time: one of --overlap, --links, --optimizer-state")
+        ap.error("compare one setting at a time: one of --overlap, --links, --optimizer-state, --direct-writes")
     axis = varied[0] if varied else "overlap"
     import ray
 
@@ -128,10 +137,10 @@ def main() -> None:
             ray.shutdown()  # each search pays its own Ray start, as a user's would
     print(f"MiniLM, {args.samples} train examples x {args.epochs} epochs per trial, {os.cpu_count()} cores, "
           f"load average at start {load[0]:.2f}")
-    print(f"{'concurrency':>11} {'overlap':>7} {'links':>5} {'optim':>5} {'trials':>6} {'trial s (mean)':>14} {'wall s':>8} {'trial compute s':>16} "
+    print(f"{'concurrency':>11} {'overlap':>7} {'links':>5} {'optim':>5} {'direct':>6} {'trials':>6} {'trial s (mean)':>14} {'wall s':>8} {'trial compute s':>16} "
           f"{'overhead/trial s':>17} {'overhead %':>10} {'in-trial s/trial':>16} {'per-search s':>12}")
     for r in rows:
-        print(f"{r['concurrency']:>11} {onoff(r['overlap']):>7} {onoff(r['links']):>5} {onoff(r['optimizer_state']):>5} {r['trials']:>6} {r['mean_trial_s']:>14.1f} {r['wall_s']:>8.1f} "
+        print(f"{r['concurrency']:>11} {onoff(r['overlap']):>7} {onoff(r['links']):>5} {onoff(r['optimizer_state']):>5} {onoff(r.get('direct_writes', False)):>6} {r['trials']:>6} {r['mean_trial_s']:>14.1f} {r['wall_s']:>8.1f} "
               f"{r['trial_compute_s']:>16.1f} {r['overhead_per_trial_s']:>17.2f} {100 * r['overhead_share']:>9.1f}% "
               f"{r['in_trial_s']:>16.2f} {r['per_search_s']:>12.1f}")
     label = [f"concurrency {r['concurrency']}, {axis} {onoff(r[axis])}" for r in rows]

@@ -1,0 +1,218 @@
+"""safetensors files written around the page cache (``O_DIRECT``) where that is faster.
+
+A buffered write lands in fresh page-cache pages. On a virtual machine that hands freed memory
+back to its host (virtio-balloon free page reporting), each fresh page faults in from the host:
+measured on the 2-core development VM, 100 MB written buffered took 0.6-0.7 s (150 MB/s) while
+``dd oflag=direct`` wrote 1.8 GB/s, so a MiniLM checkpoint with AdamW's moments (270 MB) spent
+~1 s in the kernel. On a machine with a fast page cache and a slow disk it is the other way
+round, so :func:`save_file` times both on a process's real writes and keeps the faster (Chooser).
+
+The bytes are those of ``safetensors.torch.save_file`` (tests compare them); only the way they
+reach the disk differs: through one reused, page-aligned buffer, as ``O_DIRECT`` requires.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import mmap
+import os
+import struct
+import threading
+import time
+from collections.abc import Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from safetensors.torch import save_file as buffered_save_file
+
+Mode = Literal["auto", "direct", "buffered"]
+
+ALIGN = 4096  # O_DIRECT's alignment of buffer, offset and length; a multiple of any sector size
+CHUNK = 8 << 20
+
+# safetensors' dtype names, in its own order (Rust's Dtype enum): files list tensors by
+# descending dtype, then by name.
+_DTYPES: list[tuple[torch.dtype, str]] = [
+    (torch.bool, "BOOL"), (torch.uint8, "U8"), (torch.int8, "I8"),
+    (getattr(torch, "float8_e5m2", None), "F8_E5M2"), (getattr(torch, "float8_e4m3fn", None), "F8_E4M3"),
+    (torch.int16, "I16"), (torch.uint16, "U16"), (torch.float16, "F16"), (torch.bfloat16, "BF16"),
+    (torch.int32, "I32"), (torch.uint32, "U32"), (torch.float32, "F32"), (torch.float64, "F64"),
+    (torch.int64, "I64"), (torch.uint64, "U64"),
+]
+_NAME = {dt: name for dt, name in _DTYPES if dt is not None}
+_RANK = {dt: i for i, (dt, _) in enumerate(_DTYPES) if dt is not None}
+
+_local = threading.local()
+_lock = threading.Lock()
+
+
+def layout(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+           ) -> tuple[bytes, list[tuple[str, torch.Tensor]]]:
+    """The file's first bytes (length + JSON header, space-padded to 8) and the tensors in file order."""
+    for name, t in tensors.items():
+        if t.dtype not in _NAME:
+            raise ValueError(f"tensor {name}: dtype {t.dtype} has no safetensors name")
+    order = sorted(tensors.items(), key=lambda kv: (-_RANK[kv[1].dtype], kv[0]))
+    head: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, t in order:
+        size = t.numel() * t.element_size()
+        head[name] = {"dtype": _NAME[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text, order
+
+
+def _bounce() -> tuple[mmap.mmap, np.ndarray]:
+    # Kept for the thread's life: its pages stay faulted in, which is the point.
+    if getattr(_local, "buf", None) is None:
+        _local.buf = mmap.mmap(-1, CHUNK)  # anonymous mappings are page-aligned
+        _local.arr = np.frombuffer(_local.buf, dtype=np.uint8)
+    return _local.buf, _local.arr
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while len(view):
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _chunks(header: bytes, order: Iterable[tuple[str, torch.Tensor]]) -> Iterable[np.ndarray]:
+    yield np.frombuffer(header, dtype=np.uint8)
+    for _, t in order:
+        if t.numel():
+            yield t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+
+
+def write_direct(tensors: dict[str, torch.Tensor], filename: str | os.PathLike[str],
+                 metadata: dict[str, str] | None = None) -> None:
+    """Write with ``O_DIRECT``; OSError(EINVAL) where the filesystem refuses it (tmpfs, some FUSE)."""
+    header, order = layout(tensors, metadata)
+    total = len(header) + sum(t.numel() * t.element_size() for _, t in order)
+    buf, arr = _bounce()
+    view = memoryview(buf)
+    fd = os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_DIRECT, 0o644)
+    try:
+        fill = 0
+        for src in _chunks(header, order):
+            pos = 0
+            while pos < len(src):
+                n = min(CHUNK - fill, len(src) - pos)
+                arr[fill:fill + n] = src[pos:pos + n]
+                fill, pos = fill + n, pos + n
+                if fill == CHUNK:
+                    _write_all(fd, view)
+                    fill = 0
+        if fill:
+            padded = fill + (-fill % ALIGN)
+            arr[fill:padded] = 0
+            _write_all(fd, view[:padded])
+        os.ftruncate(fd, total)  # the last block's padding
+    finally:
+        os.close(fd)
+
+
+def _refused(exc: OSError) -> bool:
+    return exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
+
+
+class Chooser:
+    """Which way to write, learnt from this process's own writes of at least ``min_bytes``.
+
+    Neither way wins everywhere, and a short probe is no guide: freed page-cache pages are reused
+    while still backed, so a 16 MB probe written buffered took 6 ms against 15 ms direct here,
+    while checkpoints (new bytes kept in storage: the page cache grows) took ~0.9 s buffered against
+    0.15 s direct. So each way is tried on real writes (buffered first) and the faster by its latest
+    rate is used; the other is tried again after ``explore_every`` writes, in case the machine's
+    state changed, and the wait doubles (up to ``max_explore_every``) each time that changed nothing.
+    """
+
+    def __init__(self, min_bytes: int = 8 << 20, explore_every: int = 8, max_explore_every: int = 64) -> None:
+        self.min_bytes, self.explore_every, self.max_explore_every = min_bytes, explore_every, max_explore_every
+        self.rate: dict[bool, float] = {}  # direct? -> bytes per second of its latest write
+        self.refused = False  # the filesystem refused O_DIRECT
+        self.since_explore = 0
+
+    def best(self) -> bool:
+        return not self.refused and self.rate.get(True, 0.0) > self.rate.get(False, 0.0)
+
+    def pick(self, nbytes: int) -> bool:
+        """True: write this one directly."""
+        if self.refused or nbytes < self.min_bytes:
+            return self.best()
+        for direct in (False, True):
+            if direct not in self.rate:
+                return direct
+        return not self.best() if self.since_explore >= self.explore_every else self.best()
+
+    def record(self, direct: bool, nbytes: int, seconds: float) -> None:
+        if nbytes < self.min_bytes:
+            return
+        tried_both, before = len(self.rate) == 2, self.best()
+        self.rate[direct] = nbytes / max(seconds, 1e-9)
+        if not tried_both:
+            return
+        if direct != before:  # the exploring write
+            self.since_explore = 0
+            if self.best() == before:
+                self.explore_every = min(2 * self.explore_every, self.max_explore_every)
+        else:
+            self.since_explore += 1
+
+
+_choosers: dict[int, Chooser] = {}  # st_dev -> this process's record there
+
+
+def _chooser(folder: Path) -> Chooser:
+    dev = os.stat(folder).st_dev
+    with _lock:
+        return _choosers.setdefault(dev, Chooser())
+
+
+def save_file(tensors: dict[str, torch.Tensor], filename: str | os.PathLike[str],
+              metadata: dict[str, str] | None = None, mode: Mode = "auto") -> None:
+    """``safetensors.torch.save_file``, written directly where ``mode`` (auto: this process's
+    measured rates on that filesystem) says; buffered where the filesystem refuses O_DIRECT."""
+    if mode == "buffered":
+        buffered_save_file(tensors, filename, metadata=metadata)
+        return
+    nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    chooser = _chooser(Path(filename).parent) if mode == "auto" else None
+    direct = chooser.pick(nbytes) if chooser else True
+    t0 = time.perf_counter()
+    if direct:
+        try:
+            write_direct(tensors, filename, metadata)
+        except OSError as exc:
+            if not _refused(exc):
+                raise
+            if chooser:
+                chooser.refused = True
+            buffered_save_file(tensors, filename, metadata=metadata)
+            return
+    else:
+        buffered_save_file(tensors, filename, metadata=metadata)
+    if chooser:
+        chooser.record(direct, nbytes, time.perf_counter() - t0)
+
+
+@contextmanager
+def for_save_pretrained(mode: Mode) -> Any:
+    """Route ``save_pretrained``'s safetensors writes through :func:`save_file` (its tied-weight
+    and key handling stays Hugging Face's; only the file write changes)."""
+    from transformers import modeling_utils
+
+    original = getattr(modeling_utils, "safe_save_file", None)
+    if mode == "buffered" or original is None:
+        yield
+        return
+    modeling_utils.safe_save_file = lambda t, f, metadata=None: save_file(t, f, metadata, mode)
+    try:
+        yield
+    finally:
+        modeling_utils.safe_save_file = original

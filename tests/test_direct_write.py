@@ -59,7 +59,8 @@ def test_direct_overwrites_a_longer_file(tmp_path: Path) -> None:
     assert path.read_bytes() == save({"t": torch.arange(10.0)})
 
 
-def test_refused_direct_falls_back_to_buffered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("refuser", ["filesystem", "os"])
+def test_refused_direct_falls_back_to_buffered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refuser: str) -> None:
     real_open = os.open
 
     def no_direct(path, flags, *args):
@@ -67,7 +68,10 @@ def test_refused_direct_falls_back_to_buffered(tmp_path: Path, monkeypatch: pyte
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_open(path, flags, *args)
 
-    monkeypatch.setattr(os, "open", no_direct)
+    if refuser == "filesystem":  # tmpfs, some FUSE
+        monkeypatch.setattr(os, "open", no_direct)
+    else:  # macOS, Windows: no os.O_DIRECT
+        monkeypatch.setattr(dw, "O_DIRECT", 0)
     monkeypatch.setattr(dw, "_choosers", {})
     t = {"t": torch.randn(3 << 20)}  # 12 MB: counts
     for name in ("a", "b", "c"):  # auto: buffered, direct (refused: buffered), then never direct again
@@ -85,7 +89,7 @@ def test_other_os_errors_are_raised(tmp_path: Path) -> None:
 
 
 def test_chooser_tries_both_then_keeps_the_faster() -> None:
-    c = dw.Chooser(min_bytes=100, explore_every=2, max_explore_every=4)
+    c = dw.Chooser(min_bytes=100, explore_every=2, max_explore_every=4)  # defaults: 32, 256
     assert c.pick(50) is False  # small: the best so far (nothing measured: buffered); not recorded
     c.record(False, 50, 1e-9)
     assert c.rate == {}

@@ -13,6 +13,8 @@ reach the disk differs: through one reused, page-aligned buffer, as ``O_DIRECT``
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import errno
 import json
 import mmap
@@ -48,8 +50,8 @@ _DTYPES: list[tuple[torch.dtype, str]] = [
 _NAME = {dt: name for dt, name in _DTYPES if dt is not None}
 _RANK = {dt: i for i, (dt, _) in enumerate(_DTYPES) if dt is not None}
 
-_local = threading.local()
-_lock = threading.Lock()
+_lock = threading.Lock()  # the bounce buffer, the choosers, the probes' cache, the dispatcher
+_buffer: tuple[mmap.mmap, np.ndarray] | None = None
 
 
 def layout(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
@@ -59,7 +61,7 @@ def layout(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = N
         if t.dtype not in _NAME:
             raise ValueError(f"tensor {name}: dtype {t.dtype} has no safetensors name")
     order = sorted(tensors.items(), key=lambda kv: (-_RANK[kv[1].dtype], kv[0]))
-    head: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    head: dict[str, Any] = {"__metadata__": metadata} if metadata is not None else {}
     offset = 0
     for name, t in order:
         size = t.numel() * t.element_size()
@@ -71,16 +73,21 @@ def layout(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = N
 
 
 def _bounce() -> tuple[mmap.mmap, np.ndarray]:
-    # Kept for the thread's life: its pages stay faulted in, which is the point.
-    if getattr(_local, "buf", None) is None:
-        _local.buf = mmap.mmap(-1, CHUNK)  # anonymous mappings are page-aligned
-        _local.arr = np.frombuffer(_local.buf, dtype=np.uint8)
-    return _local.buf, _local.arr
+    # One per process, kept: its pages stay faulted in, which is the point (Ray runs each trial
+    # on a new thread, so a per-thread buffer would be faulted in afresh every trial).
+    global _buffer
+    if _buffer is None:
+        buf = mmap.mmap(-1, CHUNK)  # anonymous mappings are page-aligned
+        _buffer = buf, np.frombuffer(buf, dtype=np.uint8)
+    return _buffer
 
 
 def _write_all(fd: int, view: memoryview) -> None:
     while len(view):
         n = os.write(fd, view)
+        if n % ALIGN and n < len(view):
+            # The rest would start unaligned, which O_DIRECT refuses: not a refusal of O_DIRECT.
+            raise OSError(errno.EIO, f"short O_DIRECT write ({n} of {len(view)} bytes)")
         view = view[n:]
 
 
@@ -91,38 +98,87 @@ def _chunks(header: bytes, order: Iterable[tuple[str, torch.Tensor]]) -> Iterabl
             yield t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
 
 
+def _open_direct(path: str, flags: int) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CLOEXEC | O_DIRECT | flags, 0o600)
+
+
 def write_direct(tensors: dict[str, torch.Tensor], filename: str | os.PathLike[str],
                  metadata: dict[str, str] | None = None) -> None:
-    """Write with ``O_DIRECT``; OSError(EINVAL) where the filesystem (tmpfs, some FUSE) or the OS refuses it."""
-    if not O_DIRECT:
-        raise OSError(errno.EINVAL, "this OS has no O_DIRECT")
+    """Write with ``O_DIRECT`` (see :func:`accepts_direct` for where that works) into a temporary
+    file beside ``filename``, then rename it into place, as safetensors' own writer does (0600)."""
     header, order = layout(tensors, metadata)
     total = len(header) + sum(t.numel() * t.element_size() for _, t in order)
-    buf, arr = _bounce()
-    view = memoryview(buf)
-    fd = os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | O_DIRECT, 0o644)
-    try:
-        fill = 0
-        for src in _chunks(header, order):
-            pos = 0
-            while pos < len(src):
-                n = min(CHUNK - fill, len(src) - pos)
-                arr[fill:fill + n] = src[pos:pos + n]
-                fill, pos = fill + n, pos + n
-                if fill == CHUNK:
-                    _write_all(fd, view)
-                    fill = 0
-        if fill:
-            padded = fill + (-fill % ALIGN)
-            arr[fill:padded] = 0
-            _write_all(fd, view[:padded])
-        os.ftruncate(fd, total)  # the last block's padding
-    finally:
+    filename = os.fspath(filename)
+    tmp = f"{filename}.{os.getpid()}.{threading.get_ident()}.tmp"
+    with _lock:
+        buf, arr = _bounce()
+        view = memoryview(buf)
+        fd = _open_direct(tmp, os.O_CREAT | os.O_TRUNC)
+        try:
+            fill = 0
+            for src in _chunks(header, order):
+                pos = 0
+                while pos < len(src):
+                    n = min(CHUNK - fill, len(src) - pos)
+                    arr[fill:fill + n] = src[pos:pos + n]
+                    fill, pos = fill + n, pos + n
+                    if fill == CHUNK:
+                        _write_all(fd, view)
+                        fill = 0
+            if fill:
+                padded = fill + (-fill % ALIGN)
+                arr[fill:padded] = 0
+                _write_all(fd, view[:padded])
+            os.ftruncate(fd, total)  # the last block's padding
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         os.close(fd)
+    os.replace(tmp, filename)
 
 
-def _refused(exc: OSError) -> bool:
-    return exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
+_accepts: dict[int, bool] = {}  # st_dev -> O_DIRECT works there
+
+
+def accepts_direct(folder: str | os.PathLike[str]) -> bool:
+    """Whether ``folder``'s filesystem takes an aligned ``O_DIRECT`` write (not tmpfs, some FUSE,
+    nor an OS without it: macOS, Windows); probed once per filesystem and process."""
+    if not O_DIRECT:
+        return False
+    dev = os.stat(folder).st_dev
+    with _lock:
+        if dev not in _accepts:
+            probe = os.path.join(folder, f".autoft-direct-probe-{os.getpid()}-{threading.get_ident()}")
+            try:
+                fd = _open_direct(probe, os.O_CREAT | os.O_EXCL)
+                try:
+                    _write_all(fd, memoryview(_bounce()[0])[:4096])  # not ALIGN: a wrong ALIGN must fail writes, not read as a refusal
+                finally:
+                    os.close(fd)
+                    os.unlink(probe)
+                _accepts[dev] = True
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+                    raise
+                _accepts[dev] = False
+        return _accepts[dev]
+
+
+def _safetensors_would_refuse(tensors: dict[str, torch.Tensor]) -> bool:
+    """Inputs left to safetensors' own writer, which raises its own errors for them (non-contiguous,
+    shared memory) or names dtypes this module does not (complex, fp4, e8m0)."""
+    storages = set()
+    for t in tensors.values():
+        if t.dtype not in _NAME or not t.is_contiguous():
+            return True
+        if t.numel():
+            ptr = t.untyped_storage().data_ptr()
+            if ptr in storages:
+                return True
+            storages.add(ptr)
+    return False
 
 
 class Chooser:
@@ -141,15 +197,14 @@ class Chooser:
     def __init__(self, min_bytes: int = 8 << 20, explore_every: int = 32, max_explore_every: int = 256) -> None:
         self.min_bytes, self.explore_every, self.max_explore_every = min_bytes, explore_every, max_explore_every
         self.rate: dict[bool, float] = {}  # direct? -> bytes per second of its latest write
-        self.refused = False  # the filesystem refused O_DIRECT
         self.since_explore = 0
 
     def best(self) -> bool:
-        return not self.refused and self.rate.get(True, 0.0) > self.rate.get(False, 0.0)
+        return self.rate.get(True, 0.0) > self.rate.get(False, 0.0)
 
     def pick(self, nbytes: int) -> bool:
         """True: write this one directly."""
-        if self.refused or nbytes < self.min_bytes:
+        if nbytes < self.min_bytes:
             return self.best()
         for direct in (False, True):
             if direct not in self.rate:
@@ -183,42 +238,53 @@ def _chooser(folder: Path) -> Chooser:
 def save_file(tensors: dict[str, torch.Tensor], filename: str | os.PathLike[str],
               metadata: dict[str, str] | None = None, mode: Mode = "auto") -> None:
     """``safetensors.torch.save_file``, written directly where ``mode`` (auto: this process's
-    measured rates on that filesystem) says; buffered where the filesystem refuses O_DIRECT."""
-    if mode == "buffered":
+    measured rates on that filesystem) says; buffered where the filesystem or OS has no O_DIRECT."""
+    folder = Path(filename).parent
+    if mode == "buffered" or _safetensors_would_refuse(tensors) or not accepts_direct(folder):
         buffered_save_file(tensors, filename, metadata=metadata)
         return
     nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
-    chooser = _chooser(Path(filename).parent) if mode == "auto" else None
+    chooser = _chooser(folder) if mode == "auto" else None
     direct = chooser.pick(nbytes) if chooser else True
     t0 = time.perf_counter()
     if direct:
-        try:
-            write_direct(tensors, filename, metadata)
-        except OSError as exc:
-            if not _refused(exc):
-                raise
-            if chooser:
-                chooser.refused = True
-            buffered_save_file(tensors, filename, metadata=metadata)
-            return
+        write_direct(tensors, filename, metadata)
     else:
         buffered_save_file(tensors, filename, metadata=metadata)
     if chooser:
         chooser.record(direct, nbytes, time.perf_counter() - t0)
 
 
+_mode: contextvars.ContextVar[Mode | None] = contextvars.ContextVar("autoft_checkpoint_writes", default=None)
+_original: Any = None
+
+
+def _dispatch(tensors: dict[str, torch.Tensor], filename: str, metadata: dict[str, str] | None = None) -> None:
+    mode = _mode.get()
+    if mode is None:  # a save_pretrained outside for_save_pretrained: Hugging Face's own write
+        _original(tensors, filename, metadata=metadata)
+    else:
+        save_file(tensors, filename, metadata, mode)
+
+
 @contextmanager
 def for_save_pretrained(mode: Mode) -> Any:
-    """Route ``save_pretrained``'s safetensors writes through :func:`save_file` (its tied-weight
-    and key handling stays Hugging Face's; only the file write changes)."""
+    """Route ``save_pretrained``'s safetensors writes, in this thread, through :func:`save_file`
+    (its tied-weight and key handling stays Hugging Face's; only the file write changes). The
+    hook is installed once and reads the mode from a context variable, so concurrent saves in
+    other threads keep their own way and nothing is left patched by an unlucky interleaving."""
+    global _original
     from transformers import modeling_utils
 
-    original = getattr(modeling_utils, "safe_save_file", None)
-    if mode == "buffered" or original is None:
+    if mode == "buffered" or not hasattr(modeling_utils, "safe_save_file"):
         yield
         return
-    modeling_utils.safe_save_file = lambda t, f, metadata=None: save_file(t, f, metadata, mode)
+    with _lock:
+        if modeling_utils.safe_save_file is not _dispatch:
+            _original = modeling_utils.safe_save_file
+            modeling_utils.safe_save_file = _dispatch
+    token = _mode.set(mode)
     try:
         yield
     finally:
-        modeling_utils.safe_save_file = original
+        _mode.reset(token)

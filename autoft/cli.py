@@ -84,7 +84,7 @@ def train(
     cfg, plan = _plan(config, set_)
     from autoft import checkpoint as ckpt
     from autoft.cadence import AUTO
-    from autoft.controller import model_label, tokenize_for
+    from autoft.controller import model_label, tokenize_for, trial_options
     from autoft.trial import PrintReporter, RunOptions, run_trial
 
     _err(f"training {model_label(cfg)} on {len(plan.text.train.texts)} examples, "
@@ -96,14 +96,8 @@ def train(
     resume_from = ckpt.latest_complete(output) if resume else None
     if resume and resume_from is None:
         _err(f"no complete checkpoint in {output}; starting from scratch")
-    options = RunOptions(device=cfg.train.device, precision=cfg.train.precision,
-                         eval_batch_size=cfg.train.eval_batch_size, threads=cfg.train.threads,
+    options = RunOptions(**trial_options(cfg), threads=cfg.train.threads,
                          checkpoint_dir=output.resolve(), keep_checkpoints=cfg.search.keep_checkpoints,
-                         trust_remote_code=cfg.model.trust_remote_code, metric=cfg.search.metric,
-                         mode=cfg.search.mode, cache_frozen=cfg.train.cache_frozen,
-                         cache_max_bytes=cfg.train.cache_max_bytes,
-                         save_optimizer_state=cfg.train.save_optimizer_state,
-                         checkpoint_writes=cfg.train.checkpoint_writes,
                          # auto's extra evaluations feed a pruner; one trial alone has none.
                          evals_per_epoch=1 if cfg.train.evals_per_epoch == AUTO else cfg.train.evals_per_epoch)
     result = run_trial(plan.base_recipe, data, plan.model_path, PrintReporter(_err), options, resume_from)

@@ -193,6 +193,16 @@ class _Resume:
     restart_errored: bool
 
 
+def trial_options(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The trial engine's options (autoft.trial.RunOptions) that come straight from the config, the
+    same for a search's trials and for `autoft train`; each adds what only it knows."""
+    return {"device": cfg.train.device, "precision": cfg.train.precision,
+            "eval_batch_size": cfg.train.eval_batch_size, "trust_remote_code": cfg.model.trust_remote_code,
+            "metric": cfg.search.metric, "mode": cfg.search.mode, "cache_frozen": cfg.train.cache_frozen,
+            "cache_max_bytes": cfg.train.cache_max_bytes, "save_optimizer_state": cfg.train.save_optimizer_state,
+            "checkpoint_writes": cfg.train.checkpoint_writes}
+
+
 def run_search(cfg: ExperimentConfig, echo: Any = print, plan: SearchPlan | None = None,
                search_id: str | None = None) -> SearchResult:
     """Run a new search to the end; see :func:`resume_search` to continue one."""
@@ -422,15 +432,9 @@ def _run_search(cfg: ExperimentConfig, echo: Any, plan: SearchPlan, search_id: s
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     threads = cfg.train.threads or max(1, int(cfg.resources.cpus_per_trial))
     setup = {"base_recipe": plan.base_recipe.to_dict(), "model_path": str(plan.model_path),
-             "options": {"device": cfg.train.device, "precision": cfg.train.precision,
-                         "eval_batch_size": cfg.train.eval_batch_size, "threads": threads,
-                         "trust_remote_code": cfg.model.trust_remote_code, "metric": metric, "mode": mode,
-                         "cache_frozen": cfg.train.cache_frozen, "cache_dir": storage / "prefix-cache",
-                         "cache_max_bytes": cfg.train.cache_max_bytes,
+             "options": {**trial_options(cfg), "threads": threads, "cache_dir": storage / "prefix-cache",
                          "evals_per_epoch": plan.evals_per_epoch,
                          "overlap_checkpoints": cfg.train.overlap_checkpoints,
-                         "save_optimizer_state": cfg.train.save_optimizer_state,
-                         "checkpoint_writes": cfg.train.checkpoint_writes,
                          "scratch_root": _scratch_root(cfg, storage)}}
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, data=data, setup=setup),

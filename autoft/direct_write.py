@@ -55,8 +55,9 @@ _buffer: tuple[mmap.mmap, np.ndarray] | None = None
 
 
 def layout(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
-           ) -> tuple[bytes, list[tuple[str, torch.Tensor]]]:
-    """The file's first bytes (length + JSON header, space-padded to 8) and the tensors in file order."""
+           ) -> tuple[bytes, list[tuple[str, torch.Tensor]], int]:
+    """The file's first bytes (length + JSON header, space-padded to 8), the tensors in file order
+    and the bytes of their data."""
     for name, t in tensors.items():
         if t.dtype not in _NAME:
             raise ValueError(f"tensor {name}: dtype {t.dtype} has no safetensors name")
@@ -69,7 +70,7 @@ def layout(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = N
         offset += size
     text = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text, order
+    return struct.pack("<Q", len(text)) + text, order, offset
 
 
 def _bounce() -> tuple[mmap.mmap, np.ndarray]:
@@ -106,8 +107,8 @@ def write_direct(tensors: dict[str, torch.Tensor], filename: str | os.PathLike[s
                  metadata: dict[str, str] | None = None) -> None:
     """Write with ``O_DIRECT`` (see :func:`accepts_direct` for where that works) into a temporary
     file beside ``filename``, then rename it into place, as safetensors' own writer does (0600)."""
-    header, order = layout(tensors, metadata)
-    total = len(header) + sum(t.numel() * t.element_size() for _, t in order)
+    header, order, data_bytes = layout(tensors, metadata)
+    total = len(header) + data_bytes
     filename = os.fspath(filename)
     tmp = f"{filename}.{os.getpid()}.{threading.get_ident()}.tmp"
     with _lock:

@@ -140,7 +140,7 @@ def main() -> None:
     print(f"{'concurrency':>11} {'overlap':>7} {'links':>5} {'optim':>5} {'direct':>6} {'trials':>6} {'trial s (mean)':>14} {'wall s':>8} {'trial compute s':>16} "
           f"{'overhead/trial s':>17} {'overhead %':>10} {'in-trial s/trial':>16} {'per-search s':>12}")
     for r in rows:
-        print(f"{r['concurrency']:>11} {onoff(r['overlap']):>7} {onoff(r['links']):>5} {onoff(r['optimizer_state']):>5} {onoff(r.get('direct_writes', False)):>6} {r['trials']:>6} {r['mean_trial_s']:>14.1f} {r['wall_s']:>8.1f} "
+        print(f"{r['concurrency']:>11} {onoff(r['overlap']):>7} {onoff(r['links']):>5} {onoff(r['optimizer_state']):>5} {onoff(r['direct_writes']):>6} {r['trials']:>6} {r['mean_trial_s']:>14.1f} {r['wall_s']:>8.1f} "
               f"{r['trial_compute_s']:>16.1f} {r['overhead_per_trial_s']:>17.2f} {100 * r['overhead_share']:>9.1f}% "
               f"{r['in_trial_s']:>16.2f} {r['per_search_s']:>12.1f}")
     label = [f"concurrency {r['concurrency']}, {axis} {onoff(r[axis])}" for r in rows]

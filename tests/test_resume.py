@@ -296,15 +296,9 @@ def test_resume_after_a_torn_state_save(tmp_path, tiny_model, tiny_data):
             return False  # caught mid-write
         snapshots.setdefault(count, text)
         newest_at.setdefault(count, time.time())
-        # An older list to put back, and a save since, so the searcher's state in storage knows
-        # the newest trial: its file written after the newest list was first seen (a fixed wait
-        # was not enough under load, where Ray spaces its saves further apart).
-        try:
-            searcher = [p.stat().st_mtime for p in storage.glob("resumable-*/searcher-state-*.pkl")]
-        except OSError:  # replaced between the listing and the look
-            return False
-        return count >= 4 and any(2 <= c < count for c in snapshots) and \
-            time.time() - newest_at[count] > 2.5 and max(searcher, default=0.0) > newest_at[count] + 0.5
+        # An older list to put back, and a save or two since, so the searcher's state in
+        # storage knows the newest trial.
+        return count >= 4 and any(2 <= c < count for c in snapshots) and time.time() - newest_at[count] > 2.5
 
     storage, _, search_id = _kill_mid_search(tmp_path, tiny_model, tiny_data, ready, epochs=60)
     newest = max(snapshots)

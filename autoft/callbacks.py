@@ -15,6 +15,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from autoft.best_checkpoint import trial_folder
 from autoft.outcome import as_epoch, best_row, classify, eval_step
 from autoft.recipe import RECIPE_FIELDS
 from autoft.space import SearchSpace, trial_number_of
@@ -207,7 +208,7 @@ class PrunedCheckpointJanitor(Callback):
             if row is leader:
                 continue
             self._held.discard(number)
-            for ckpt in (self.search_dir / f"trial_{row.get('trial_id')}").glob("checkpoint_*"):
+            for ckpt in trial_folder(self.search_dir, row.get("trial_id")).glob("checkpoint_*"):
                 shutil.rmtree(ckpt, ignore_errors=True)
 
 
@@ -308,7 +309,9 @@ class ResumeRepair(Callback):
             self.echo(f"resume: Ray's saved trials and the searcher's state came from different saves; "
                       f"{len(plan.drop)} trial(s) Ray did not keep, {len(plan.link)} the searcher did not know: "
                       "Ray's trials win" + (f"; Optuna trial(s) {', '.join(map(str, plan.orphans))} run again "
-                                            "from the start" if plan.orphans else ""))
+                                            "from the start" if plan.orphans else "")
+                      + (f"; {len(plan.lost)} trial(s) that finished after Ray's save ({', '.join(plan.lost)}) "
+                         "stay in MLflow and the Optuna study but not in Ray's record" if plan.lost else ""))
 
 
 def checkpoint_index(name: str) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from autoft import ray_state
-from autoft.best_checkpoint import drop_trial_checkpoints, export_best, score_test
+from autoft.best_checkpoint import drop_trial_checkpoints, export_best, score_test, trial_folder
 from autoft.cadence import cadence_note, largest_batch_size, resolve_evals_per_epoch
 from autoft.config import UNBOUNDED_TRIALS, ExperimentConfig, config_to_dict
 from autoft.data import PreparedData, TextData, load_text_data, prepare_data
@@ -310,10 +310,14 @@ def _repair_saved_state(search_dir: Path, echo: Any) -> None:
                              f"killed while Ray copied it) and no whole one is left; {lost}", "start a new search")
     if plan.needed:
         ray_state.apply_repair(search_dir, plan)
-        if plan.put_back or plan.tuner == "put back":
-            saves = [f"save {s}" for s in plan.put_back] + ([ray_state.TUNER] if plan.tuner == "put back" else [])
+        cut = [s for s in plan.put_back if s not in plan.behind]
+        if cut or plan.tuner == "put back":
+            saves = [f"save {s}" for s in cut] + ([ray_state.TUNER] if plan.tuner == "put back" else [])
             echo(f"resume: Ray's copy of its saved state was cut short by the kill; put back whole from "
                  f"{ray_state.COPY_DIR}/ ({', '.join(saves)})")
+        if plan.behind:
+            echo(f"resume: Ray's copy of its saved state was behind the driver's last save when the kill came; "
+                 f"put back whole from {ray_state.COPY_DIR}/ ({', '.join(f'save {s}' for s in plan.behind)})")
         if plan.set_aside:
             echo(f"resume: Ray's saved state was cut short by the kill ({', '.join(p.name for p in plan.set_aside)}; "
                  f"no whole copy, and a searcher save goes whole): set aside as *{ray_state.SET_ASIDE}; "
@@ -680,7 +684,7 @@ def _restored_search_alg(tuner: Any) -> Any:
 
 
 def _trial_dirname(trial: Any) -> str:
-    return f"trial_{trial.trial_id}"
+    return trial_folder(Path(), trial.trial_id).name
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -6,7 +6,8 @@ that copy leaves a file cut short (seen: an empty searcher state). Ray, resuming
 "Failed to restore the run state", starts the experiment afresh and ends the search with
 trials missing, as if it had finished. So autoft keeps its own copy of each save, written
 whole or not at all (:func:`keep_copy`, on the driver, at each save); a resume puts back the
-save a kill cut short from it, and where there is none, sets the cut files aside (renamed,
+save a kill cut short from it (or a later save than Ray's copy reached: Ray's background copy
+can fall behind), and where there is none, sets the cut files aside (renamed,
 never deleted) so that Ray resumes from its newest whole save, which :mod:`autoft.reconcile`
 squares with the Optuna study.
 
@@ -53,6 +54,21 @@ def _whole_pickle(data: bytes) -> bool:
     except Exception:  # ValueError, or others on bytes cut mid-opcode
         return False
     return bool(data)
+
+
+def _iteration(trial_list: Path) -> int | None:
+    """The controller's step count Ray saves with its trial list: it only grows within a
+    session, so of two saves of one session the one with more steps is the later."""
+    try:
+        value = json.loads(trial_list.read_bytes())["runner_data"]["_iteration"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def _later(a: Path, b: Path) -> bool:
+    ia, ib = _iteration(a), _iteration(b)
+    return ia is not None and ib is not None and ia > ib
 
 
 def _name(kind: tuple[str, str], session: str) -> str:
@@ -118,6 +134,9 @@ class Repair:
     """``tuner.pkl``: "whole", "put back" (cut short, whole in the copy) or "cut"."""
     cut: set[Path] = field(default_factory=set)
     """Every file found cut short (their bytes are kept beside when put back)."""
+    behind: list[str] = field(default_factory=list)
+    """Sessions among ``put_back`` whose files in the folder were whole but from an earlier
+    save than the copy: Ray's background copy had not caught up when the driver died."""
 
     @property
     def needed(self) -> bool:
@@ -144,10 +163,18 @@ def plan_repair(search_dir: Path) -> Repair:
     in_copy = {_session(p, EXPERIMENT) for p in _files(copies, EXPERIMENT)}
     damaged = ({_session(p, kind) for kind in SAVE for p in torn} | half_missing
                | {s for s in in_copy if any(s not in present[kind] for kind in SAVE)})
-    for session in sorted(damaged - {None}):
+    # Whole in both places, but Ray's copy behind: each save is copied whole into COPY_DIR on
+    # the driver before Ray starts its own copy, which a later save can overtake (its trial
+    # list then older than its searcher state, see autoft.reconcile). The newer save wins, so
+    # no trial that ran between the two is left out of Ray's record.
+    behind = {s for s in in_copy - damaged
+              if _later(copies / _name(EXPERIMENT, s), search_dir / _name(EXPERIMENT, s))}
+    for session in sorted((damaged | behind) - {None}):
         kept = [copies / _name(kind, session) for kind in SAVE]
         if all(p.is_file() and is_complete(p) for p in kept):
             plan.put_back.append(session)
+            if session in behind:
+                plan.behind.append(session)
     # With no whole copy: cut files go, and a searcher save's two files go together.
     cut_searchers -= set(plan.put_back)
     for kind in SAVE:

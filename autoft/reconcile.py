@@ -26,6 +26,11 @@ class Reconciliation:
     orphans: list[int] = field(default_factory=list)
     """Unfinished Optuna trials no restored trial runs: the next new Ray trials take them
     over (same parameters), in number order, before any new trial is asked."""
+    lost: list[str] = field(default_factory=list)
+    """Ray trial ids of trials that ran to their end (Optuna told, MLflow recorded) after
+    Ray's restored trial list was saved: Ray's record has lost them and they are not run again
+    (they count toward the trials run). Seen only when autoft's own copy of the newest save
+    is missing too (:mod:`autoft.ray_state` puts it back otherwise)."""
     torn: bool = False
     """The two states came from different saves. (A link to a finished Optuna trial alone is
     ``--restart-errored``: Ray gives an errored trial a new id for the same Optuna trial.)"""
@@ -39,6 +44,9 @@ def reconcile(restored: dict[str, int], held: dict[str, int], unfinished: set[in
     plan.link = {rid: num for rid, num in restored.items() if rid not in held and num >= 0}
     kept = {num for rid, num in held.items() if rid not in plan.drop} | set(plan.link.values())
     plan.orphans = sorted(unfinished - kept)
-    plan.torn = bool(plan.drop) or any(num in unfinished for num in plan.link.values())
+    # (--restart-errored: the old id's Optuna trial runs again under a new id, so is not lost.)
+    plan.lost = sorted(rid for rid in set(held) - set(restored)
+                       if held[rid] not in unfinished and held[rid] not in restored.values())
+    plan.torn = bool(plan.drop or plan.lost) or any(num in unfinished for num in plan.link.values())
     return plan
 

@@ -157,3 +157,22 @@ def test_best_complete_checkpoint_skips_torn_and_empty_ones(tmp_path: Path) -> N
     assert best_complete(tmp_path, "eval_f1", "max") == good
     assert best_complete(tmp_path, "eval_f1", "min") == tmp_path / "checkpoint_000000"
     assert best_complete(tmp_path / "nowhere", "eval_f1", "max") is None
+
+
+def test_the_best_trial_missing_from_rays_record_is_exported_from_its_folder(tmp_path: Path, tiny_model: Path) -> None:
+    """A trial that finished after the Ray save a resume started from is in MLflow and Optuna
+    but not in Ray's results (autoft.reconcile's ``lost``); when it is the best, its own
+    folder gives the checkpoint."""
+    from autoft.best_checkpoint import export_best, trial_folder
+
+    folder = trial_folder(tmp_path, "abc")
+    _fake_checkpoint(folder, "checkpoint_000000", 0.70)
+    best = _fake_checkpoint(folder, "checkpoint_000001", 0.80)
+    _fake_checkpoint(folder, "checkpoint_000002", 0.75)
+    (best / "optimizer.safetensors").write_bytes(b"o")
+    out = export_best([], "abc", METRIC, "max", tmp_path, tiny_model, False)
+    assert out == tmp_path / "best_checkpoint"
+    assert (out / "model.safetensors").read_bytes() == b"w" and (out / "tokenizer_config.json").is_file()
+    assert json.loads((out / "trainer_state.json").read_text())["history"][-1][METRIC] == 0.80
+    assert not (out / "optimizer.safetensors").exists()
+    assert export_best([], "gone", METRIC, "max", tmp_path, tiny_model, False) is None

@@ -30,7 +30,8 @@ def _save(folder: Path, session: str, cut: str | None = None, version: int = 0) 
     """One Ray save: trial list, the wrappers' state, the searcher's; ``cut`` (a name pattern)
     is left as a kill mid-copy leaves it: half its bytes."""
     folder.mkdir(parents=True, exist_ok=True)
-    files = {NAMES[0]: json.dumps({"trial_data": [[session, str(version)]]}).encode(),
+    files = {NAMES[0]: json.dumps({"trial_data": [[session, str(version)]],
+                                   "runner_data": {"_iteration": 100 * version}}).encode(),
              NAMES[1]: cloudpickle.dumps({"name:ConcurrencyLimiter": {"live": {"a"}}, "v": version}),
              NAMES[2]: cloudpickle.dumps({"_ot_trials": {"a": 0}, "x": list(range(500)), "v": version})}
     for pattern, data in files.items():
@@ -194,3 +195,31 @@ def test_resume_says_what_it_repaired(search_dir: Path) -> None:
     _repair_saved_state(search_dir, echo=said.append)
     assert said == [f"resume: Ray's copy of its saved state was cut short by the kill; put back whole from "
                     f"{COPY_DIR}/ (save {NEW})"]
+
+
+def test_a_whole_save_behind_the_copy_is_put_back(search_dir: Path) -> None:
+    """Ray's background copy overtaken: its trial list from an earlier save than the copy's
+    (the driver copies each save whole before Ray's copy starts). The later save wins, so a
+    trial that ran to its end in between stays in Ray's record."""
+    _save(search_dir, OLD)
+    _save(search_dir, NEW, version=1)
+    _save(search_dir / COPY_DIR, NEW, version=2)
+    _save(search_dir / COPY_DIR, OLD)
+    plan = plan_repair(search_dir)
+    assert plan.put_back == [NEW] and plan.behind == [NEW] and plan.set_aside == [] and not plan.cut
+    said: list[str] = []
+    _repair_saved_state(search_dir, echo=said.append)
+    assert said == [f"resume: Ray's copy of its saved state was behind the driver's last save when the kill came; "
+                    f"put back whole from {COPY_DIR}/ (save {NEW})"]
+    for pattern in NAMES:
+        assert (search_dir / pattern.format(NEW)).read_bytes() == (search_dir / COPY_DIR / pattern.format(NEW)).read_bytes()
+    assert not plan_repair(search_dir).needed
+
+
+def test_a_copy_behind_rays_is_left(search_dir: Path) -> None:
+    """The copy can lag only when keeping it failed (a full disk): Ray's later save stays."""
+    _save(search_dir, NEW, version=3)
+    _save(search_dir / COPY_DIR, NEW, version=2)
+    assert not plan_repair(search_dir).needed
+    (search_dir / COPY_DIR / NAMES[0].format(NEW)).write_text(json.dumps({"trial_data": []}))  # no step count
+    assert not plan_repair(search_dir).needed

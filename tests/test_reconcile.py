@@ -30,9 +30,10 @@ def test_a_trial_only_the_searcher_knows_is_dropped_and_its_optuna_trial_runs_ag
 
 
 def test_a_trial_only_the_searcher_knows_that_optuna_was_told_of_stays_counted() -> None:
-    # "c" was created, ran and ended between the two saves: dropping it would ask one trial too many.
+    # "c" was created, ran and ended between the two saves: dropping it would ask one trial too
+    # many. Ray's record has lost it, which the resume says.
     plan = reconcile({"a": 0, "b": 1}, {"a": 0, "b": 1, "c": 2}, {1})
-    assert (plan.drop, plan.link, plan.orphans, plan.torn) == ([], {}, [], False)
+    assert (plan.drop, plan.link, plan.orphans, plan.lost, plan.torn) == ([], {}, [], ["c"], True)
 
 
 def test_a_trial_only_ray_knows_is_linked_to_its_optuna_trial() -> None:
@@ -44,7 +45,7 @@ def test_a_trial_only_ray_knows_is_linked_to_its_optuna_trial() -> None:
 def test_restart_errored_is_not_a_torn_save() -> None:
     # --restart-errored: Ray gives errored "b" (Optuna told FAIL) a new id "b2" for the same trial.
     plan = reconcile({"a": 0, "b2": 1}, {"a": 0, "b": 1}, set())
-    assert (plan.drop, plan.link, plan.orphans, plan.torn) == ([], {"b2": 1}, [], False)
+    assert (plan.drop, plan.link, plan.orphans, plan.lost, plan.torn) == ([], {"b2": 1}, [], [], False)
 
 
 def test_an_optuna_trial_asked_after_both_saves_is_an_orphan() -> None:

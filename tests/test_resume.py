@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -128,7 +129,9 @@ def killed_then_resumed(killed):
     return {**result, "stderr_tail": said[-3000:]}, storage, search_id, before
 
 
-def _assert_nothing_lost_nothing_twice(result: dict, storage: Path, search_id: str) -> None:
+def _assert_nothing_lost_nothing_twice(result: dict, storage: Path, search_id: str,
+                                      lost_from_ray: set[str] = frozenset()) -> None:
+    """``lost_from_ray``: trials the resume said ended after the Ray save it started from."""
     import optuna
     from ray.tune import ExperimentAnalysis
 
@@ -146,8 +149,9 @@ def _assert_nothing_lost_nothing_twice(result: dict, storage: Path, search_id: s
     analysis = ExperimentAnalysis(str(storage / search_id))
     ray_ids = [r.data.tags["autoft.ray_trial_id"] for r in runs]
     assert len(set(ray_ids)) == N
-    assert len(analysis.trials) == N
-    assert {t.trial_id for t in analysis.trials} == set(ray_ids)
+    assert lost_from_ray <= set(ray_ids)
+    assert len(analysis.trials) == N - len(lost_from_ray)
+    assert {t.trial_id for t in analysis.trials} == set(ray_ids) - lost_from_ray
     assert result["n_trials"] == N
     assert Path(result["best_checkpoint"]).is_dir()
 
@@ -276,12 +280,10 @@ def test_resume_of_unknown_search_is_a_clear_error(tmp_path):
     assert "Traceback" not in res.stderr
 
 
-def test_resume_after_a_torn_state_save(tmp_path, tiny_model, tiny_data):
-    """Ray Tune writes its trial list, then the searcher's state, to a staging folder and copies
-    both to storage in a background thread that the next save can overtake, so a killed driver
-    can leave a trial list older than the searcher state (seen once under load: 5 trials run
-    for 6 in Optuna). Made here on purpose: kill after Ray recorded 4 or more trials, then put
-    back an older trial list. Resume must still give every Optuna trial one run."""
+def _kill_after_a_later_save(root: Path, tiny_model: Path, tiny_data: dict) -> tuple[Path, str, Path, str]:
+    """Kill once Ray recorded 4 or more trials and saved the searcher's state since the newest
+    trial list appeared; return the storage, the search id, the newest trial list, and an
+    older one (2 or more trials) to put back in its place."""
     snapshots: dict[int, str] = {}
     newest_at: dict[int, float] = {}
 
@@ -292,24 +294,51 @@ def test_resume_after_a_torn_state_save(tmp_path, tiny_model, tiny_data):
         try:
             text = path.read_text()
             count = len(json.loads(text)["trial_data"])
+            # The searcher's state in storage knows the newest trial: written after the newest
+            # list was first seen (a fixed wait was not enough under load, where Ray spaces its
+            # saves further apart).
+            searcher = max((p.stat().st_mtime for p in storage.glob("resumable-*/searcher-state-*.pkl")), default=0.0)
         except (OSError, ValueError, KeyError):
-            return False  # caught mid-write
+            return False  # caught mid-write, or replaced between the listing and the look
         snapshots.setdefault(count, text)
         newest_at.setdefault(count, time.time())
-        # An older list to put back, and a save or two since, so the searcher's state in
-        # storage knows the newest trial.
-        return count >= 4 and any(2 <= c < count for c in snapshots) and time.time() - newest_at[count] > 2.5
+        return count >= 4 and any(2 <= c < count for c in snapshots) and \
+            time.time() - newest_at[count] > 2.5 and searcher > newest_at[count] + 0.5
 
-    storage, _, search_id = _kill_mid_search(tmp_path, tiny_model, tiny_data, ready, epochs=60)
+    storage, _, search_id = _kill_mid_search(root, tiny_model, tiny_data, ready, epochs=60)
     newest = max(snapshots)
-    older, trial_list = snapshots[max(c for c in snapshots if c < newest)], _newest_state(storage)
+    return storage, search_id, _newest_state(storage), snapshots[max(c for c in snapshots if c < newest)]
+
+
+def test_resume_after_rays_copy_fell_behind(tmp_path, tiny_model, tiny_data):
+    """Ray Tune writes its trial list, then the searcher's state, to a staging folder and copies
+    both to storage in a background thread that the next save can overtake, so a killed driver
+    can leave a trial list older than the searcher state (seen once under load: 5 trials run
+    for 6 in Optuna). Made here on purpose: an older trial list put back in storage. autoft's
+    own copy of each save, kept whole on the driver before Ray's copy starts, is put back: Ray
+    resumes from the later save, and nothing is lost anywhere, Ray's record included."""
+    storage, search_id, trial_list, older = _kill_after_a_later_save(tmp_path, tiny_model, tiny_data)
     trial_list.write_text(older)
-    # autoft's own copy of the save too, in case the kill also cut Ray's copy of a searcher
-    # file short (test_resume_after_a_searcher_state_cut_short): the save put back keeps it.
+    result, said = _resume(storage, search_id)
+    assert "resume: Ray's copy of its saved state was behind the driver's last save" in said, said[-3000:]
+    assert "Ray's trials win" not in said, said[-3000:]
+    _assert_nothing_lost_nothing_twice({**result, "stderr_tail": said[-3000:]}, storage, search_id)
+    _assert_checkpoints_numbered_by_evaluation(storage, search_id)
+
+
+def test_resume_after_a_torn_state_save(tmp_path, tiny_model, tiny_data):
+    """As above, with autoft's copy of the save older too (keeping it failed, say on a full
+    disk): Ray's trials win, each Optuna trial still gets one MLflow run, and a trial that ran
+    to its end after the older save stays in MLflow and the study (not in Ray's record, which
+    the resume says) and is not run again."""
+    storage, search_id, trial_list, older = _kill_after_a_later_save(tmp_path, tiny_model, tiny_data)
+    trial_list.write_text(older)
     (trial_list.parent / COPY_DIR / trial_list.name).write_text(older)
     result, said = _resume(storage, search_id)
     assert "Ray's trials win" in said, said[-3000:]
-    _assert_nothing_lost_nothing_twice(result, storage, search_id)
+    lost = re.search(r"trial\(s\) that finished after Ray's save \(([^)]*)\)", said)
+    _assert_nothing_lost_nothing_twice({**result, "stderr_tail": said[-3000:]}, storage, search_id,
+                                       lost_from_ray=set(lost.group(1).split(", ")) if lost else set())
     _assert_checkpoints_numbered_by_evaluation(storage, search_id)
 
 

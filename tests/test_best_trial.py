@@ -104,7 +104,11 @@ def test_janitor_of_a_resumed_search_holds_pruned_trials_from_before(tmp_path: P
 
 
 @pytest.mark.ray
-def test_a_search_that_fails_after_its_trials_ends_its_mlflow_run_failed(tiny_overrides, monkeypatch) -> None:
+@pytest.mark.parametrize(("step", "doing"), [("export_best", "exporting the best checkpoint"),
+                                             ("score_test", "scoring the test split")])
+def test_a_search_that_fails_after_its_trials_ends_its_mlflow_run_failed(tiny_overrides, tiny_data, monkeypatch,
+                                                                         step, doing) -> None:
+    """A step after the trials fails: the search's run ends FAILED naming that step."""
     import ray
     from mlflow import MlflowClient
 
@@ -115,9 +119,10 @@ def test_a_search_that_fails_after_its_trials_ends_its_mlflow_run_failed(tiny_ov
     def lost(*args, **kwargs):
         raise FileNotFoundError("checkpoint_000001")
 
-    monkeypatch.setattr(controller, "export_best", lost)
+    monkeypatch.setattr(controller, step, lost)
     cfg = load_config(None, [*tiny_overrides, "name=lost", "search.num_trials=2", "search.max_concurrent=2",
-                             "train.epochs=1", "tracking.log_best_model=false"])
+                             "train.epochs=1", f"data.test={tiny_data['validation']}",
+                             f"tracking.log_best_model={str(step == 'score_test').lower()}"])
     try:
         with pytest.raises(FileNotFoundError):
             controller.run_search(cfg, echo=lambda line: None)
@@ -131,7 +136,7 @@ def test_a_search_that_fails_after_its_trials_ends_its_mlflow_run_failed(tiny_ov
     assert search[0].info.status == "FAILED"
     assert search[0].data.tags["autoft.status"] == "failed"
     reason = search[0].data.tags["autoft.reason"]
-    assert "exporting the best checkpoint" in reason and "checkpoint_000001" in reason
+    assert doing in reason and "checkpoint_000001" in reason, reason
     assert all(r.info.status != "RUNNING" for r in trials), "the trials stay recorded and closed"
 
 

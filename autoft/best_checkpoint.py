@@ -41,6 +41,8 @@ def export_best(grid: Any, trial_id: str, metric: str, mode: str, search_dir: Pa
         # A trial that finished after the Ray save a resume started from is not in Ray's
         # record (autoft.reconcile's ``lost``), yet may be the best: its folder still is.
         source = best_complete(trial_folder(search_dir, trial_id), metric, mode)
+        if source is None:
+            raise FileNotFoundError(f"no complete checkpoint of trial {trial_id} in {trial_folder(search_dir, trial_id)}")
     if source is None:
         return None
     out = search_dir / "best_checkpoint"

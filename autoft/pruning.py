@@ -210,6 +210,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
         self._best_values: dict[str, float] = {}
         self._num_trials = num_trials
         self._orphans: list[int] = []
+        self._lost_from_ray: set[str] = set()
 
     def restore(self, checkpoint_path: str) -> None:
         """After a driver crash, Optuna may hold trials that were asked after Ray's
@@ -233,7 +234,10 @@ class PruneAwareOptunaSearch(OptunaSearch):
             if t.state.is_finished() and rid and rid not in self._ot_trials:
                 self._ot_trials[rid] = optuna.trial.Trial(self._ot_study, t._trial_id)
                 self._completed_trials.add(rid)
-        plan = reconcile(restored, {rid: t.number for rid, t in self._ot_trials.items()}, unfinished)
+        # Saved with the searcher's state: a later resume does not report them again.
+        known_lost = getattr(self, "_lost_from_ray", set())  # absent in a searcher saved before it existed
+        plan = reconcile(restored, {rid: t.number for rid, t in self._ot_trials.items()}, unfinished, known_lost)
+        self._lost_from_ray = known_lost | set(plan.lost)
         for rid in plan.drop:
             del self._ot_trials[rid]
             self._best_values.pop(rid, None)

@@ -94,8 +94,9 @@ def _write_whole(dst: Path, data: bytes) -> None:
 
 def keep_copy(staging: Path, session: str, search_dir: Path) -> None:
     """After Ray wrote a save to its staging folder: copy it to the search folder's
-    :data:`COPY_DIR`, each file whole. (A kill between two files leaves files of two
-    consecutive saves, which a resume squares like Ray's own: :mod:`autoft.reconcile`.)"""
+    :data:`COPY_DIR`, each file whole. (A kill between two files leaves the new trial list
+    with the searcher's state of the save before, never older than Ray's own copy: a resume
+    puts it back and :mod:`autoft.reconcile` links the trials the searcher lacks.)"""
     target = search_dir / COPY_DIR
     target.mkdir(exist_ok=True)
     for kind in SAVE:
@@ -196,7 +197,9 @@ def apply_repair(search_dir: Path, plan: Repair) -> None:
     leaves a folder the next resume repairs the same way."""
     copies = search_dir / COPY_DIR
     put_back = [TUNER] if plan.tuner == "put back" else []
-    put_back += [_name(kind, session) for session in plan.put_back for kind in SAVE]
+    # The trial list last: a kill part-way leaves it older than the copy's, so the next resume
+    # still finds the save behind (or cut) and puts it back again.
+    put_back += [_name(kind, session) for session in plan.put_back for kind in (*SAVE[1:], SAVE[0])]
     for name in put_back:
         path = search_dir / name
         if path in plan.cut:

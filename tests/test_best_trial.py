@@ -181,3 +181,6 @@ def test_the_best_trial_missing_from_rays_record_is_exported_from_its_folder(tmp
     assert json.loads((out / "trainer_state.json").read_text())["history"][-1][METRIC] == 0.80
     assert not (out / "optimizer.safetensors").exists()
     assert export_best([], "gone", METRIC, "max", tmp_path, tiny_model, False) is None
+    _fake_checkpoint(trial_folder(tmp_path, "torn"), "checkpoint_000000", 0.9, complete=False)
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint of trial torn"):
+        export_best([], "torn", METRIC, "max", tmp_path, tiny_model, False)

@@ -216,6 +216,31 @@ def test_a_whole_save_behind_the_copy_is_put_back(search_dir: Path) -> None:
     assert not plan_repair(search_dir).needed
 
 
+def test_a_repair_killed_part_way_is_repaired_again(search_dir: Path, monkeypatch) -> None:
+    """The trial list is put back last: killed before it, the save still reads as behind."""
+    from autoft import ray_state
+
+    _save(search_dir, NEW, version=1)
+    _save(search_dir / COPY_DIR, NEW, version=2)
+    real, writes = ray_state._write_whole, []
+
+    def killed_before_the_third(dst: Path, data: bytes) -> None:
+        if len(writes) == 2:
+            raise KeyboardInterrupt
+        writes.append(dst.name)
+        real(dst, data)
+
+    monkeypatch.setattr(ray_state, "_write_whole", killed_before_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        apply_repair(search_dir, plan_repair(search_dir))
+    assert NAMES[0].format(NEW) not in writes
+    monkeypatch.setattr(ray_state, "_write_whole", real)
+    assert plan_repair(search_dir).behind == [NEW]
+    apply_repair(search_dir, plan_repair(search_dir))
+    for pattern in NAMES:
+        assert (search_dir / pattern.format(NEW)).read_bytes() == (search_dir / COPY_DIR / pattern.format(NEW)).read_bytes()
+
+
 def test_a_copy_behind_rays_is_left(search_dir: Path) -> None:
     """The copy can lag only when keeping it failed (a full disk): Ray's later save stays."""
     _save(search_dir, NEW, version=3)

@@ -42,6 +42,11 @@ def test_a_trial_only_ray_knows_is_linked_to_its_optuna_trial() -> None:
     assert (plan.drop, plan.link, plan.orphans, plan.torn) == ([], {"c": 2}, [], True)
 
 
+def test_a_lost_trial_an_earlier_resume_reported_is_not_reported_again() -> None:
+    plan = reconcile({"a": 0, "b": 1}, {"a": 0, "b": 1, "c": 2}, set(), known_lost={"c"})
+    assert (plan.lost, plan.torn) == ([], False)
+
+
 def test_restart_errored_is_not_a_torn_save() -> None:
     # --restart-errored: Ray gives errored "b" (Optuna told FAIL) a new id "b2" for the same trial.
     plan = reconcile({"a": 0, "b2": 1}, {"a": 0, "b": 1}, set())
@@ -138,6 +143,24 @@ def test_a_told_trial_counts_though_neither_ray_nor_the_searcher_kept_it() -> No
     assert len(s._ot_study.trials) == 3
     s.on_trial_complete("b", {"m": 0.9, "training_iteration": 2})  # told once only: no error
     assert s._ot_study.trials[1].value == 0.6
+
+
+def test_a_trial_lost_from_rays_record_is_reported_once_and_counts() -> None:
+    """Told before the kill, missing from the Ray save the resume started from (autoft's copy
+    behind too): reported, counted, not run again; the next resume, which still lacks it in
+    Ray's record, does not call its saves torn for it."""
+    import pickle
+
+    s = _searcher(num_trials=3)
+    s.suggest("a"), s.suggest("b"), s.suggest("c")
+    s.on_trial_complete("c", {"m": 0.6, "training_iteration": 1})
+    plan = s.reconcile({"a": 0, "b": 1})
+    assert (plan.lost, plan.torn) == (["c"], True)
+    assert s.suggest("d") == Searcher.FINISHED  # "c" counts: no fourth trial
+    saved = pickle.loads(pickle.dumps(s._lost_from_ray))  # saved with the searcher's state
+    s._lost_from_ray = saved
+    again = s.reconcile({"a": 0, "b": 1})
+    assert (again.lost, again.torn) == ([], False)
 
 
 def test_a_linked_trial_keeps_its_best_epoch_from_before_the_resume() -> None:

@@ -344,6 +344,30 @@ def test_resume_after_a_torn_state_save(tmp_path, tiny_model, tiny_data):
     _assert_checkpoints_numbered_by_evaluation(storage, search_id)
 
 
+def test_resume_when_rays_record_lost_a_finished_trial(tmp_path, tiny_model, tiny_data):
+    """The case the torn-state test meets only by chance: a trial that ran to its end after the
+    Ray save a resume starts from, with autoft's copy of that save no later. Made here: the
+    newest save in both places, less one finished trial. It is not run again, stays in MLflow
+    and Optuna, the resume names it, and no other trial is lost."""
+    storage, _, search_id = _kill_mid_search(tmp_path, tiny_model, tiny_data, _some_ended_some_running)
+    search_dir = storage / search_id
+    newest = max((search_dir / COPY_DIR).glob("experiment_state-*.json"))
+    state = json.loads(newest.read_text())
+    ended = [e for e in state["trial_data"] if json.loads(e[0])["status"] == "TERMINATED"]
+    assert ended, "the kill came after a trial ended"
+    lost = json.loads(ended[0][0])["trial_id"]
+    state["trial_data"].remove(ended[0])
+    for path in (search_dir / COPY_DIR).iterdir():
+        if path.name != "tuner.pkl":
+            shutil.copyfile(path, search_dir / path.name)  # Ray's copy: the same save
+    for folder in (search_dir, search_dir / COPY_DIR):
+        (folder / newest.name).write_text(json.dumps(state))
+    result, said = _resume(storage, search_id)
+    assert f"1 trial(s) that finished after Ray's save ({lost}) stay in MLflow" in said, said[-3000:]
+    _assert_nothing_lost_nothing_twice({**result, "stderr_tail": said[-3000:]}, storage, search_id,
+                                       lost_from_ray={lost})
+
+
 def test_resume_after_a_searcher_state_cut_short(tmp_path, tiny_model, tiny_data):
     """Ray copies its saved state into the search folder in place, so a kill mid-copy can leave
     the searcher's state empty (seen under load). Ray then restarted the experiment afresh and

@@ -90,6 +90,7 @@ def run(trials: int, samples: int, epochs: int, concurrency: int, model: str, ov
     return {"concurrency": concurrency, "overlap": overlap, "links": links, "optimizer_state": optimizer_state,
             "direct_writes": direct_writes,
             "trials": trials, "wall_s": wall, "trial_compute_s": compute,
+            "compute_each_s": [round(float(v), 2) for v in result.trials["compute_seconds"]],  # in trial order
             "mean_trial_s": compute / trials, "overhead_per_trial_s": (wall - compute / concurrency) / trials,
             "overhead_share": 1 - (compute / concurrency) / wall,
             # Where it goes: inside trials (model load, checkpoints, reporting; the driver's

@@ -62,7 +62,7 @@ def main() -> None:
     for t, what in events:
         print(f"{t:>7.2f}  {what}")
     print(f"wall {row['wall_s']:.1f} s, trial compute {row['trial_compute_s']:.1f} s, in-trial {row['in_trial_s']:.2f} s/trial, "
-          f"per-search {row['per_search_s']:.1f} s")
+          f"per-search {row['per_search_s']:.1f} s; each trial's compute (s): {row['compute_each_s']}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ none RUNNING, no Ray trial id reused by two Optuna trials.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -75,14 +76,33 @@ def _kill_mid_search(root: Path, tiny_model: Path, tiny_data: dict, ready: Any,
             time.sleep(0.5)
         else:
             pytest.fail("search made no progress")
-        os.killpg(proc.pid, signal.SIGKILL)  # driver, and the local Ray it started
-        proc.wait(30)
+        _kill_with_its_ray(proc)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     before = {r.data.tags["autoft.optuna_trial"]: r.info.status for r in _trial_runs(db)}
     search_id = next(p.name for p in storage.iterdir() if p.name.startswith("resumable-"))
     return storage, before, search_id
+
+
+def _kill_with_its_ray(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver and every process it started, and wait until all are gone: Ray's
+    workers die of their parent's death a moment later, and one still writing a checkpoint
+    then would change the folder under the test (seen: copying it failed on a file renamed
+    away mid-copy)."""
+    import psutil
+
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver, and the local Ray it started
+    for child in family:  # any that left the driver's process group
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    proc.wait(30)
+    _, alive = psutil.wait_procs(family, timeout=30)
+    assert not alive, f"still running after SIGKILL: {alive}"
 
 
 def _some_ended_some_running(storage: Path, runs: list) -> bool:

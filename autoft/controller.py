@@ -296,9 +296,9 @@ def _check_not_moved(search_dir: Path, state: dict[str, Any]) -> None:
 
 
 def _repair_saved_state(search_dir: Path, echo: Any) -> None:
-    """Ray state files a kill cut short or left unwritten (see :mod:`autoft.ray_state`) are put
-    back from autoft's whole copy or set aside; where no whole save is left, the resume is
-    refused before anything changes."""
+    """Ray state files a kill cut short, left unwritten or left a save behind (see
+    :mod:`autoft.ray_state`) are put back from autoft's whole copy or set aside; where no whole
+    save is left, the resume is refused before anything changes."""
     plan = ray_state.plan_repair(search_dir)
     lost = "Ray cannot resume it; its finished trials stay in MLflow and the Optuna study"
     if plan.tuner == "cut":

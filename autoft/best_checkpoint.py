@@ -14,9 +14,13 @@ from autoft.data import PreparedData
 from autoft.models import load_tokenizer
 
 
+def trial_dirname(trial_id: str | None) -> str:
+    """The name of a trial's folder in the search folder (Ray's trial_dirname_creator)."""
+    return f"trial_{trial_id}"
+
+
 def trial_folder(search_dir: Path, trial_id: str | None) -> Path:
-    """A trial's folder in the search folder (Ray's trial_dirname_creator gives it this name)."""
-    return Path(search_dir) / f"trial_{trial_id}"
+    return Path(search_dir) / trial_dirname(trial_id)
 
 
 def export_best(grid: Any, trial_id: str, metric: str, mode: str, search_dir: Path,
@@ -24,27 +28,25 @@ def export_best(grid: Any, trial_id: str, metric: str, mode: str, search_dir: Pa
     """Copy the best trial's best checkpoint to <search>/best_checkpoint, with its tokenizer."""
     from autoft.checkpoint import best_complete, is_complete
 
-    source = None
     result = next((r for r in grid if r.metrics and r.metrics.get("trial_id") == trial_id), None)
     if result is not None:
         ckpt = result.get_best_checkpoint(metric, mode) if result.best_checkpoints else result.checkpoint
         if ckpt is None:
             return None
-        source = Path(ckpt.path)
+        source, folder = Path(ckpt.path), Path(ckpt.path).parent
         if not is_complete(source):
             # Ray's record can name a checkpoint rotated away or left empty after a resume
             # from a torn state save (see callbacks.ResumeRepair): the trial's best one on disk.
-            source = best_complete(source.parent, metric, mode)
-            if source is None:
-                raise FileNotFoundError(f"no complete checkpoint of trial {trial_id} in {Path(ckpt.path).parent}")
-    elif trial_folder(search_dir, trial_id).is_dir():
+            source = best_complete(folder, metric, mode)
+    else:
         # A trial that finished after the Ray save a resume started from is not in Ray's
         # record (autoft.reconcile's ``lost``), yet may be the best: its folder still is.
-        source = best_complete(trial_folder(search_dir, trial_id), metric, mode)
-        if source is None:
-            raise FileNotFoundError(f"no complete checkpoint of trial {trial_id} in {trial_folder(search_dir, trial_id)}")
+        folder = trial_folder(search_dir, trial_id)
+        if not folder.is_dir():
+            return None
+        source = best_complete(folder, metric, mode)
     if source is None:
-        return None
+        raise FileNotFoundError(f"no complete checkpoint of trial {trial_id} in {folder}")
     out = search_dir / "best_checkpoint"
     if out.exists():
         shutil.rmtree(out)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from autoft import ray_state
-from autoft.best_checkpoint import drop_trial_checkpoints, export_best, score_test, trial_folder
+from autoft.best_checkpoint import drop_trial_checkpoints, export_best, score_test, trial_dirname
 from autoft.cadence import cadence_note, largest_batch_size, resolve_evals_per_epoch
 from autoft.config import UNBOUNDED_TRIALS, ExperimentConfig, config_to_dict
 from autoft.data import PreparedData, TextData, load_text_data, prepare_data
@@ -684,7 +684,7 @@ def _restored_search_alg(tuner: Any) -> Any:
 
 
 def _trial_dirname(trial: Any) -> str:
-    return trial_folder(Path(), trial.trial_id).name
+    return trial_dirname(trial.trial_id)
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -72,6 +72,33 @@ def system(row: dict) -> str:
     return {False: "autoft", "on": "by hand", "reuse": "by hand, reuse_actors"}[row.get("by_hand", False)]
 
 
+def data_overrides(samples: int) -> list[str]:
+    """The examples both systems train, validate and test on."""
+    return [f"data.max_train_samples={samples}", "data.max_eval_samples=300", "data.max_test_samples=300",
+            "train.max_length=64"]
+
+
+def threads_per_trial(concurrency: int) -> int:
+    return max(1, (os.cpu_count() or 2) // concurrency)
+
+
+def figures(trials: int, concurrency: int, wall: float, compute_each: list[float], trial_wall: float,
+            saving: float) -> dict:
+    """A search's row from what was measured: its wall time, each trial's compute (in trial
+    order), the sum of its trials' start-to-end times as the driver saw them, and the seconds
+    spent writing checkpoints."""
+    compute = float(sum(compute_each))
+    return {"concurrency": concurrency, "trials": trials, "wall_s": wall, "trial_compute_s": compute,
+            "compute_each_s": [round(float(v), 2) for v in compute_each],
+            "mean_trial_s": compute / trials, "overhead_per_trial_s": (wall - compute / concurrency) / trials,
+            "overhead_share": 1 - (compute / concurrency) / wall,
+            # Where it goes: inside trials (model load, checkpoints, reporting; each trial's
+            # start-to-end time minus its epochs) and once per search (the rest).
+            "in_trial_s": (trial_wall - compute) / trials,
+            "checkpoint_s": saving / trials,  # of which: writing checkpoints (Ray's copy into storage not included)
+            "per_search_s": wall - trial_wall / concurrency}
+
+
 def run(trials: int, samples: int, epochs: int, concurrency: int, model: str, overlap: bool = False,
         links: bool = True, optimizer_state: bool = True, direct_writes: bool = True,
         by_hand: bool | str = False) -> dict:
@@ -88,11 +115,10 @@ def run(trials: int, samples: int, epochs: int, concurrency: int, model: str, ov
         space = Path(tmp) / "space.yaml"
         space.write_text(SPACE)
         cfg = load_config(None, [
-            f"model.path={model}", f"data.max_train_samples={samples}", "data.max_eval_samples=300",
-            "data.max_test_samples=300", f"train.epochs={epochs}", "train.max_length=64",
+            f"model.path={model}", *data_overrides(samples), f"train.epochs={epochs}",
             f"search.num_trials={trials}", f"search.max_concurrent={concurrency}", "search.warm_start=false",
             "pruning.scheduler=none", f"space={space}", f"storage={tmp}/runs", "name=overhead",
-            f"resources.cpus_per_trial={max(1, (os.cpu_count() or 2) // concurrency)}",
+            f"resources.cpus_per_trial={threads_per_trial(concurrency)}",
             f"train.overlap_checkpoints={str(overlap).lower()}",
             f"train.save_optimizer_state={str(optimizer_state).lower()}",
             f"train.checkpoint_writes={'auto' if direct_writes else 'buffered'}",
@@ -100,20 +126,11 @@ def run(trials: int, samples: int, epochs: int, concurrency: int, model: str, ov
         t0 = time.perf_counter()
         result = run_search(cfg, echo=lambda *_: None)
         wall = time.perf_counter() - t0
-    compute = float(result.trials["compute_seconds"].sum())
     saving = float(result.trials["checkpoint_seconds"].sum())
     trial_wall = float(result.trials["wall_seconds"].sum())
-    return {"concurrency": concurrency, "overlap": overlap, "links": links, "optimizer_state": optimizer_state,
+    return {"overlap": overlap, "links": links, "optimizer_state": optimizer_state,
             "direct_writes": direct_writes, "by_hand": False,
-            "trials": trials, "wall_s": wall, "trial_compute_s": compute,
-            "compute_each_s": [round(float(v), 2) for v in result.trials["compute_seconds"]],  # in trial order
-            "mean_trial_s": compute / trials, "overhead_per_trial_s": (wall - compute / concurrency) / trials,
-            "overhead_share": 1 - (compute / concurrency) / wall,
-            # Where it goes: inside trials (model load, checkpoints, reporting; the driver's
-            # start-to-end time of each trial minus its epochs) and once per search (the rest).
-            "in_trial_s": (trial_wall - compute) / trials,
-            "checkpoint_s": saving / trials,  # of which: writing checkpoints (Ray's copy into storage not included)
-            "per_search_s": wall - trial_wall / concurrency,
+            **figures(trials, concurrency, wall, list(result.trials["compute_seconds"]), trial_wall, saving),
             # The driver's own clock per phase; all but "tune" are paid once per search.
             "phases": result.phase_seconds}
 
@@ -202,12 +219,11 @@ def run_by_hand(trials: int, samples: int, epochs: int, concurrency: int, model:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         # autoft's reading, sampling and tokenizing: the same examples as its search (0.1 s of it).
-        cfg = load_config(None, [f"data.max_train_samples={samples}", "data.max_eval_samples=300",
-                                 "data.max_test_samples=300", "train.max_length=64"])
+        cfg = load_config(None, data_overrides(samples))
         path = resolve_model_path(model)
         data = prepare_data(load_text_data(cfg.data, cfg.train.seed), load_tokenizer(path),
                             cfg.train.max_length, str(path))
-        threads = max(1, (os.cpu_count() or 2) // concurrency)
+        threads = threads_per_trial(concurrency)
         recipe = cfg.base_recipe({})
         setup = {"model": str(path), "batch_size": recipe.batch_size, "eval_batch_size": cfg.train.eval_batch_size,
                  "epochs": epochs, "threads": threads, "seed": recipe.seed, "warmup_ratio": recipe.warmup_ratio,
@@ -240,17 +256,11 @@ def run_by_hand(trials: int, samples: int, epochs: int, concurrency: int, model:
         t_end = time.perf_counter()
         wall = t_end - t0
     results = [r.metrics for r in grid]
-    compute = sum(m["compute_s"] for m in results)
     trial_wall = sum(end - start for start, end in spans.values())
-    return {"concurrency": concurrency, "overlap": False, "links": False, "optimizer_state": False,
+    return {"overlap": False, "links": False, "optimizer_state": False,
             "direct_writes": False, "by_hand": "reuse" if reuse_actors else "on",
-            "trials": trials, "wall_s": wall, "trial_compute_s": compute,
-            "compute_each_s": [round(float(m["compute_s"]), 2) for m in results],
-            "mean_trial_s": compute / trials, "overhead_per_trial_s": (wall - compute / concurrency) / trials,
-            "overhead_share": 1 - (compute / concurrency) / wall,
-            "in_trial_s": (trial_wall - compute) / trials,
-            "checkpoint_s": sum(m["save_s"] for m in results) / trials,
-            "per_search_s": wall - trial_wall / concurrency,
+            **figures(trials, concurrency, wall, [m["compute_s"] for m in results], trial_wall,
+                      sum(m["save_s"] for m in results)),
             "phases": {"prepare": t_prepare - t0, "ray_start": t_ray - t_prepare, "tune": t_tune - t_ray,
                        "test": t_end - t_tune}}
 
